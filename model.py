@@ -1,0 +1,300 @@
+"""
+The policy and the value model: a small GPT in the style of nanoGPT, plus what RL and search need.
+
+- GPT: nanoGPT's model (pre-LayerNorm blocks, learned absolute positions, weight tying, flash attention
+  through F.scaled_dot_product_attention) with the same forward(idx, targets) interface.
+- GPT.sample: batched sampling with a preallocated KV cache. Each prompt is prefilled once and its cache
+  copied to its n samples (a GRPO group). Prompts may differ in length: rows are right-padded and each row
+  keeps its own length, so every token sits at its true position (no left padding that would shift the
+  learned position embeddings) and each row decodes exactly as it would alone.
+- ValueModel: the same trunk with a scalar sigmoid head, for the value model (VM) and the ORM.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256
+    vocab_size: int = 512
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False  # no bias in Linears and LayerNorms: a little faster and no worse (nanoGPT)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False until recently)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Keys and values of every layer for B rows, preallocated to T positions; row b holds lengths[b]."""
+
+    def __init__(self, n_layer, B, n_head, T, head_size, device, dtype):
+        self.k = torch.zeros(n_layer, B, n_head, T, head_size, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.lengths = torch.zeros(B, dtype=torch.long, device=device)
+
+    def repeat_rows(self, n):
+        """Copy every row's cache to n consecutive rows (one prompt -> the n samples of its group)."""
+        self.k = self.k.repeat_interleave(n, dim=1)
+        self.v = self.v.repeat_interleave(n, dim=1)
+        self.lengths = self.lengths.repeat_interleave(n)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x, cache=None, layer=0, attn_mask=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is None:  # training / prefill: ordinary causal attention over the block
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0,
+                                               is_causal=True)
+        else:  # one decoding step (T == 1): write this token at each row's own position, attend to its past
+            pos = cache.lengths.view(B, 1, 1, 1).expand(B, self.n_head, 1, k.size(-1))
+            cache.k[layer].scatter_(2, pos, k)
+            cache.v[layer].scatter_(2, pos, v)
+            Tk = attn_mask.size(-1)
+            y = F.scaled_dot_product_attention(q, cache.k[layer][:, :, :Tk], cache.v[layer][:, :, :Tk],
+                                               attn_mask=attn_mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0, attn_mask=None):
+        a, kv = self.attn(self.ln_1(x), cache, layer, attn_mask)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, kv
+
+
+@dataclass
+class Samples:
+    tokens: torch.Tensor   # (R, T) generated ids, pad_id after a row's stop token
+    logp: torch.Tensor     # (R, T) log pi(token) under the untempered policy; 0 at pads
+    mask: torch.Tensor     # (R, T) True on generated tokens, the stop token included
+    stopped: torch.Tensor  # (R,) True if the row emitted a stop token, False if cut at max_new_tokens
+
+    def rows(self):
+        """Generated ids of each row, stop token included, pads removed."""
+        return [t[m].tolist() for t, m in zip(self.tokens, self.mask)]
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf, 2017)
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
+            if pn.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def hidden(self, idx):
+        """Final hidden states (B, T, C) of a batch of sequences that all start at position 0."""
+        B, T = idx.size()
+        assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x, _ = block(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        """Logits at every position (B, T, V) and, with targets (-1 = ignore), the mean cross-entropy."""
+        logits = self.lm_head(self.hidden(idx))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def logprobs(self, idx):
+        """log pi(idx[:, t+1] | idx[:, :t+1]) for t < T-1, shape (B, T-1); differentiable."""
+        logits, _ = self(idx[:, :-1])
+        return torch.log_softmax(logits.float(), dim=-1).gather(-1, idx[:, 1:, None]).squeeze(-1)
+
+    def _decode_step(self, tok, cache):
+        """Feed one token per row at that row's position; return next-token logits (R, V)."""
+        pos = cache.lengths  # (R,) each row's own position
+        x = self.transformer.wte(tok[:, None]) + self.transformer.wpe(pos)[:, None]  # (R, 1, C)
+        Tk = int(pos.max()) + 1
+        attn_mask = (torch.arange(Tk, device=tok.device)[None, :] <= pos[:, None])[:, None, None, :]  # (R,1,1,Tk)
+        for layer, block in enumerate(self.transformer.h):
+            x, _ = block(x, cache, layer, attn_mask)
+        cache.lengths = cache.lengths + 1
+        return self.lm_head(self.transformer.ln_f(x))[:, 0]
+
+    def _prefill(self, prompts, T_cache):
+        """Run the right-padded prompts once, fill a KV cache; return it and the logits after each prompt."""
+        P, Tp = len(prompts), max(len(p) for p in prompts)
+        idx = torch.zeros(P, Tp, dtype=torch.long, device=self.lm_head.weight.device)
+        lengths = torch.tensor([len(p) for p in prompts], device=idx.device)
+        for i, p in enumerate(prompts):
+            idx[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+        cfg = self.config
+        cache = KVCache(cfg.n_layer, P, cfg.n_head, T_cache, cfg.n_embd // cfg.n_head, idx.device,
+                        self.lm_head.weight.dtype)
+        pos = torch.arange(Tp, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (P, Tp, C)
+        for layer, block in enumerate(self.transformer.h):
+            x, (k, v) = block(x)  # causal: a row's pads come after its prompt and never affect it
+            cache.k[layer, :, :, :Tp] = k
+            cache.v[layer, :, :, :Tp] = v
+        cache.lengths = lengths
+        last = self.transformer.ln_f(x[torch.arange(P, device=idx.device), lengths - 1])  # (P, C)
+        return cache, self.lm_head(last)  # (P, V)
+
+    @torch.no_grad()
+    def sample(self, prompts, n=1, max_new_tokens=64, temperature=1.0, top_k=None, stop_ids=(), pad_id=0,
+               generator=None):
+        """Sample n continuations of each prompt (list of token-id lists) with a KV cache.
+        Row r continues prompts[r // n]. temperature 0 means greedy. Returns Samples."""
+        if not prompts:
+            raise ValueError("sample() got no prompts")
+        longest = max(len(p) for p in prompts)
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("sample() got an empty prompt")
+        max_new_tokens = min(max_new_tokens, self.config.block_size - longest)
+        if max_new_tokens <= 0:
+            raise ValueError(f"prompt of {longest} tokens leaves no room in block_size {self.config.block_size}")
+        cache, logits = self._prefill(prompts, longest + max_new_tokens)
+        cache.repeat_rows(n)
+        logits = logits.repeat_interleave(n, dim=0)  # (R, V)
+        R, dev = logits.size(0), logits.device
+        tokens = torch.full((R, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+        logps = torch.zeros(R, max_new_tokens, device=dev)
+        mask = torch.zeros(R, max_new_tokens, dtype=torch.bool, device=dev)
+        done = torch.zeros(R, dtype=torch.bool, device=dev)
+        stops = torch.tensor(list(stop_ids), dtype=torch.long, device=dev)
+        for t in range(max_new_tokens):
+            logits = logits.float()
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                scaled = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(scaled, min(top_k, scaled.size(-1))).values[:, -1:]
+                    scaled = scaled.masked_fill(scaled < kth, -float('inf'))
+                nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
+            lp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]  # log pi(token), temperature 1
+            tokens[:, t] = torch.where(done, pad_id, nxt)
+            logps[:, t] = torch.where(done, 0.0, lp)
+            mask[:, t] = ~done
+            done = done | torch.isin(nxt, stops)
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            logits = self._decode_step(tokens[:, t], cache)
+        T = int(mask.sum(1).max())
+        return Samples(tokens[:, :T], logps[:, :T], mask[:, :T], done)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """nanoGPT's generate: extend every row of idx (B, T) by max_new_tokens sampled tokens."""
+        s = self.sample(idx.tolist(), 1, max_new_tokens, temperature, top_k)
+        return torch.cat([idx, s.tokens], dim=1)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay 2D weights (matmuls, embeddings), not biases and norms (nanoGPT)
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+        fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+
+    def estimate_mfu(self, tokens_per_iter, dt, flops_promised=989e12):
+        """Model FLOPs utilisation (PaLM appendix B): achieved FLOP/s over the device's peak
+        (default: H100 SXM dense bf16, 989 TFLOP/s)."""
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_token = 6 * self.num_params() + 12 * L * H * Q * T  # forward + backward
+        return flops_per_token * tokens_per_iter / dt / flops_promised
+
+
+class ValueModel(nn.Module):
+    """V(s) in (0, 1): the GPT trunk and a linear head with a sigmoid, read at every position."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gpt = GPT(config)
+        self.head = nn.Linear(config.n_embd, 1)
+        torch.nn.init.zeros_(self.head.weight)  # start at V = 0.5 everywhere
+        torch.nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_policy(cls, gpt):
+        vm = cls(gpt.config).to(gpt.lm_head.weight.device)
+        vm.gpt.load_state_dict(gpt.state_dict())
+        return vm
+
+    def forward(self, idx):
+        """Values (B, T); with right padding, row b's value is out[b, length_b - 1] (attention is causal)."""
+        return torch.sigmoid(self.head(self.gpt.hidden(idx)).squeeze(-1).float())

@@ -1,0 +1,92 @@
+"""train.py: the strict configurator, and an interrupted SFT run that resumes to the same weights."""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+import train  # noqa: E402
+import tasks as T  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+
+
+def test_config_file_and_overrides(tmp_path):
+    cfg_file = tmp_path / 'my.py'
+    cfg_file.write_text("n_layer = 3\nsft_lr = 1e-3\n")
+    config = train.configure([str(cfg_file), '--n_embd=64', '--method=grpo', '--sft_lr=2'])
+    assert config['n_layer'] == 3 and config['n_embd'] == 64 and config['method'] == 'grpo'
+    assert config['sft_lr'] == 2.0 and type(config['sft_lr']) is float  # an int is accepted for a float
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(train.ConfigError, match="unknown config key 'n_layers'"):
+        train.configure(['--n_layers=3'])
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    cfg_file = tmp_path / 'bad.py'
+    cfg_file.write_text("learning_rate = 0.1\n")
+    with pytest.raises(train.ConfigError, match=r"bad\.py: unknown config key 'learning_rate'"):
+        train.configure([str(cfg_file)])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(train.ConfigError, match="key 'n_layer' wants int"):
+        train.configure(['--n_layer=2.5'])
+    with pytest.raises(train.ConfigError, match="key 'stage'"):
+        train.configure(['--stage=nonsense'])
+
+
+def test_missing_config_file():
+    with pytest.raises(train.ConfigError, match="not found"):
+        train.configure(['config/does_not_exist.py'])
+
+
+def test_shipped_configs_parse():
+    for name in os.listdir(os.path.join(ROOT, 'config')):
+        if name.endswith('.py'):
+            train.configure([os.path.join(ROOT, 'config', name)])
+
+
+def _tiny_cfg(out_dir, **kw):
+    config = train.configure(['--n_layer=1', '--n_head=2', '--n_embd=32', '--sft_iters=12',
+                              '--sft_batch_size=8', '--sft_eval_interval=4', '--eval_tasks=8', '--sft_warmup_iters=2',
+                              f'--out_dir={out_dir}', '--device=cpu'])
+    config.update(kw)
+    return train.SimpleNamespace(**config)
+
+
+def test_interrupted_sft_resumes_to_identical_weights(tmp_path, monkeypatch):
+    enc = T.get_tokenizer()
+    sft = T.load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:64]
+    test = T.load_tasks(os.path.join(ROOT, 'data', 'test.jsonl'))[:8]
+    monkeypatch.setattr(T, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'n': 0})
+    quiet = lambda *a: None  # noqa: E731
+
+    straight = _tiny_cfg(str(tmp_path / 'a'))
+    os.makedirs(straight.out_dir)
+    model_a, _ = train.run_sft(straight, enc, sft, test, log=quiet)
+
+    # crash right after the checkpoint of iteration 8, then rerun the same command
+    resumed = _tiny_cfg(str(tmp_path / 'b'))
+    os.makedirs(resumed.out_dir)
+    real_save = train.save_checkpoint
+
+    def save_then_crash(obj, path):
+        real_save(obj, path)
+        if obj['iter_num'] == 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, 'save_checkpoint', save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.run_sft(resumed, enc, sft, test, log=quiet)
+    monkeypatch.setattr(train, 'save_checkpoint', real_save)
+    model_b, _ = train.run_sft(resumed, enc, sft, test, log=quiet)
+
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(a, b), name
+    # and a third call finds the stage complete and loads it instead of training again
+    model_c, _ = train.run_sft(resumed, enc, sft, test, log=quiet)
+    assert all(torch.equal(a, b) for a, b in zip(model_b.state_dict().values(), model_c.state_dict().values()))
