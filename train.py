@@ -28,6 +28,9 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
+import decode
+import mcts
+import restrl
 import tasks as T
 from model import GPT, GPTConfig
 
@@ -59,6 +62,57 @@ grad_clip = 1.0
 eval_tasks = 600         # test tasks used for the periodic evaluations (0 = all); final evals use all
 eval_batch_size = 256
 max_new_tokens = 128     # longest completion sampled anywhere
+# RL (restrl.py): ReST-GRPO, naive GRPO, ReST-DPO
+rl_iters = 30            # RL iterations (one batch of groups, rl_inner_steps optimizer steps each)
+rl_lr = 5e-5             # DESIGN 4: 3e-4 collapsed the policy, 5e-5 was stable
+rl_weight_decay = 0.0
+rl_batch_groups = 32     # groups per batch, and states drawn per sampling round
+rl_group_size = 8        # G: completions sampled per state
+rl_max_rounds = 4        # rest_*: sampling rounds allowed to fill the batch with informative groups
+rl_temperature = 1.0     # sampling temperature (log-probs are always those of the untempered policy)
+rl_reward = 'binary'     # 'binary' (all tests pass; the paper's regime) or 'partial' (fraction of tests)
+rl_std_threshold = 0.05  # ReST: keep a group when its population reward std >= this (official)
+rl_prefix_min_reward = 0.9  # ReST: cut prefixes from a kept group's best program when its reward >= this
+rl_prefix_lines_frac = 0.5  # ReST: draw ceil(frac * n_lines) prefixes per such program (official)
+rl_prefix_alpha = 0.95   # ReST: a k-line prefix is drawn with weight alpha**(k-1): short prefixes favoured
+rl_prefix_frac = 0.5     # ReST: share of each round's states taken from the prefix buffer
+rl_prefix_buffer = 1024  # ReST: newest prefix states kept
+rl_clip_eps = 0.2        # PPO clip
+rl_kl_coef = 0.02        # beta on the k3 KL to the SFT reference
+rl_adv_eps = 1e-4        # eps in A = (r - mean) / (std + eps)
+rl_scale_by_std = True   # False: Dr. GRPO (no division by the group std)
+rl_token_level = False   # True: DAPO averaging over all tokens of the batch
+rl_dpo_beta = 0.1        # ReST-DPO's beta
+rl_inner_steps = 1       # optimizer steps per sampled batch
+rl_micro_batch = 64      # rows per forward/backward
+rl_timeout = 1.0         # sandbox seconds per program in rollouts
+rl_eval_interval = 5     # greedy test pass@1 every N iterations
+rl_token_budget = 0      # stop RL once this many tokens were sampled (0: no limit); equal budgets across methods
+# MCTS value targets (mcts.py)
+mcts_num_sample = 5      # next lines sampled per expansion (official num_sample)
+mcts_num_decision = 3    # children kept per expansion, best scored first (official num_decision)
+mcts_c_collect = 0.2     # UCT constant when collecting (official)
+mcts_c_decode = 0.1      # UCT constant when decoding (official)
+mcts_eps = 0.1           # UCT guard against division by zero (official)
+mcts_puct = False        # PUCT with the policy prior instead of the official UCT
+mcts_line_tokens = 32    # most tokens in one line
+mcts_temperature = 0.7   # sampling temperature of expansions, rollouts and best-of-N
+mcts_batch_tasks = 32    # searches advanced in lock-step (one policy call for all their leaves)
+mcts_collect_iters = 100 # search iterations per rl task when collecting (official)
+mcts_collect_tasks = 400 # rl tasks searched, spread over difficulties (0 = all)
+# value model and ORM (mcts.py)
+vm_iters = 500           # optimizer steps (the ORM gets the same number and batch size)
+vm_batch_size = 64
+vm_lr = 3e-4
+vm_val_frac = 0.1        # share of tasks whose pairs are held out for validation
+vm_visit_weight = False  # weight the MSE by node visits
+vm_eval_interval = 250   # validate and checkpoint every N steps
+# decoding comparison (decode.py)
+decode_budgets = '256,512,1024'  # generated-token budgets per task
+decode_seeds = 3
+decode_tasks = 300       # test tasks, spread over difficulties (0 = all)
+decode_max_iters = 1000  # safety cap on search iterations: the token budget is what binds
+decode_reserve = 64      # tokens kept back for a greedy finish while no complete program is found
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 STAGES = ['data', 'sft', 'rl', 'mcts', 'vm', 'decode']
@@ -214,7 +268,7 @@ def run_sft(cfg, enc, sft_tasks, test_tasks, log=print):
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if it % cfg.sft_eval_interval == 0 or it == cfg.sft_iters:
             dt = time.time() - t0
-            ev = T.evaluate_greedy(model, enc, test_tasks[:cfg.eval_tasks or None], dev,
+            ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.eval_tasks), dev,
                                    cfg.max_new_tokens, cfg.eval_batch_size)
             history.append(dict(iter=it, loss=loss.item(), test_pass1=ev['pass1']))
             left = dt / max(1, it - bar.initial) * (cfg.sft_iters - it)
@@ -230,6 +284,39 @@ def run_sft(cfg, enc, sft_tasks, test_tasks, log=print):
 
 
 # -----------------------------------------------------------------------------
+
+def final_policy(cfg):
+    """The policy the later stages use: the RL model of cfg.method if that stage ran, else the SFT model."""
+    for name in (f'rl_{cfg.method}.pt', 'sft.pt'):
+        path = os.path.join(cfg.out_dir, name)
+        if os.path.exists(path):
+            return load_policy(path, cfg.device)[0].eval(), name
+    raise SystemExit(f"no policy in {cfg.out_dir}: run the sft stage first (python train.py --stage=sft)")
+
+
+def read_results(cfg):
+    path = os.path.join(cfg.out_dir, 'results.json')
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def write_results(cfg, results):
+    path = os.path.join(cfg.out_dir, 'results.json')
+    with open(path + '.tmp', 'w') as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
+def print_table(results):
+    print("\n== restrl results ==")
+    if 'sft' in results:
+        print(f"{'SFT greedy pass@1':<34}{results['sft']['test_pass1']:.3f}")
+    for m, r in results.get('train', {}).items():
+        eff = r['effective_group_frac']
+        print(f"{m + ' greedy pass@1':<34}{r['test_pass1']:.3f}   (effective groups, mean over "
+              f"{len(eff)} iterations: {sum(eff) / max(1, len(eff)):.2f})")
+    for m, per_budget in results.get('decode', {}).items():
+        print(f"{'decode ' + m:<34}" + "   ".join(f"{b}: {v['pass1']:.3f}" for b, v in per_budget.items()))
+
 
 def main(argv):
     try:
@@ -249,13 +336,55 @@ def main(argv):
     print(f"data: " + ", ".join(f"{k} {len(v)} tasks" for k, v in splits.items()) + f"; vocab {enc.n_vocab}; "
           f"device {cfg.device}")
     todo = STAGES if cfg.stage == 'all' else [cfg.stage]
-    results = {}
+    results = read_results(cfg)
+    results.update(config=config, device=cfg.device)
     if 'sft' in todo:
-        _, results['sft'] = run_sft(cfg, enc, splits['sft'], splits['test'])
-    for name in todo:
-        if name not in ('data', 'sft'):
-            print(f"{name}: not built yet")
-    results['wall_seconds'] = time.time() - t_start
+        _, ev = run_sft(cfg, enc, splits['sft'], splits['test'])
+        results['sft'] = dict(test_pass1=ev['pass1'], by_difficulty=ev['by_difficulty'])
+    if 'rl' in todo:
+        sft_ckpt = os.path.join(cfg.out_dir, 'sft.pt')
+        if not os.path.exists(sft_ckpt):
+            raise SystemExit(f"rl starts from the SFT model, and {sft_ckpt} does not exist: run --stage=sft first")
+        policy, _ = load_policy(sft_ckpt, cfg.device)
+        history = restrl.train_rl(cfg, policy, enc, splits['rl'], splits['test'], cfg.out_dir, cfg.device,
+                                  cfg.method)
+        evals = [h for h in history if 'test_pass1' in h]
+        results.setdefault('train', {})[cfg.method] = dict(
+            test_pass1=evals[-1]['test_pass1'], by_difficulty=evals[-1]['test_by_difficulty'],
+            test_pass1_curve=[(h['iter'], h['test_pass1']) for h in evals],
+            effective_group_frac=[h['effective_group_frac'] for h in history[1:]],
+            tokens_sampled=history[-1]['tokens_sampled'], iterations=history[-1]['iter'])
+    if {'mcts', 'vm', 'decode'} & set(todo):
+        policy, name = final_policy(cfg)
+        print(f"search stages use the policy in {name}")
+    if 'mcts' in todo:
+        pairs = mcts.collect_value_targets(cfg, policy, enc, splits['rl'], cfg.out_dir, cfg.device)
+        results['mcts'] = dict(pairs=len(pairs), complete=sum(p['complete'] for p in pairs))
+    if 'vm' in todo:
+        pairs = list(mcts.read_jsonl(os.path.join(cfg.out_dir, 'value_targets.jsonl')))
+        results['vm'] = mcts.train_value_model(cfg, policy, enc, pairs, os.path.join(cfg.out_dir, 'vm.pt'),
+                                               cfg.device)
+        results['orm'] = mcts.train_value_model(cfg, policy, enc, pairs, os.path.join(cfg.out_dir, 'orm.pt'),
+                                                cfg.device, only_complete=True)
+    if 'decode' in todo:
+        path = os.path.join(cfg.out_dir, 'decode.json')
+        if os.path.exists(path):
+            print(f"decode: complete in {path}, skipping")
+            out = json.load(open(path))
+        else:
+            vm, orm = (mcts.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
+            out = decode.decode_compare(cfg, policy, vm, orm, enc, splits['test'], cfg.device)
+            with open(path + '.tmp', 'w') as f:
+                json.dump(out, f, indent=1)
+            os.replace(path + '.tmp', path)
+        print(decode.format_table(out))
+        results['decode'] = {m: {str(b): dict(pass1=v['pass1'], pass1_std=v['pass1_std'], tokens=v['tokens'],
+                                              by_difficulty=v['by_difficulty']) for b, v in per.items()}
+                             for m, per in out['summary'].items()}
+    results['wall_seconds'] = results.get('wall_seconds', 0.0) + time.time() - t_start
+    write_results(cfg, results)
+    print_table(results)
+    print(f"results written to {os.path.join(cfg.out_dir, 'results.json')}")
     return results
 
 

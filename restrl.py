@@ -1,0 +1,403 @@
+"""
+ReST-GRPO (ReST-RL, arXiv 2508.19576) with naive GRPO and ReST-DPO as baselines, on one iteration loop.
+
+Each iteration: draw start states (RL problems; for ReST-GRPO also prompt + first lines of an earlier
+high-reward program), sample G completions per state with the current policy, score them in the sandbox,
+assemble a batch of groups and take one (or rl_inner_steps) optimizer step(s). The methods differ only in
+the batch they assemble and the loss:
+- grpo:      every sampled group, flat ones included (a flat group has zero advantage: wasted compute);
+- rest_grpo: only groups whose reward std >= rl_std_threshold, sampling more states until rl_batch_groups
+             of them are found (at most rl_max_rounds rounds); the best program of each kept group, if its
+             reward >= rl_prefix_min_reward, seeds new prefix start states for later rounds;
+- rest_dpo:  the (best, worst) pair of each group whose rewards differ, DPO loss against the reference.
+All sampled tokens count in the budget (tokens_sampled), whether or not their group was trained on.
+"""
+
+import copy
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
+
+import sandbox
+import tasks as T
+
+METHODS = ('rest_grpo', 'grpo', 'rest_dpo')
+
+# -----------------------------------------------------------------------------
+# losses
+
+
+def group_advantages(rewards, eps=1e-4, scale_by_std=True):
+    """rewards (n_groups, G) -> advantages (n_groups, G); population std, as the official filter uses."""
+    centered = rewards - rewards.mean(1, keepdim=True)  # r - mean(r)
+    std = rewards.std(1, correction=0, keepdim=True)  # sqrt(mean((r - mean(r))^2))
+    adv = centered / (std + eps) if scale_by_std else centered  # A = (r - mean) / (std + eps); Dr. GRPO: r - mean
+    flat = rewards.amax(1, keepdim=True) == rewards.amin(1, keepdim=True)
+    return adv.masked_fill(flat, 0.0)  # a flat group teaches nothing: exactly 0, not rounding noise
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.02, token_level=False):
+    """Clipped GRPO objective with a k3 KL penalty to the reference, per token, pads masked.
+    logp, old_logp, ref_logp, mask: (R, T) over completion tokens; advantages: (R,) one per output.
+    Averaged over the tokens of each output, then over outputs; token_level=True averages over all tokens (DAPO)."""
+    A = advantages[:, None]  # (R, 1)
+    log_ratio = torch.where(mask, logp - old_logp, 0.0)  # pads -> ratio 1 and KL 0, whatever garbage they hold
+    rho = log_ratio.exp()  # rho = pi / pi_old
+    pg = -torch.min(rho * A, rho.clamp(1 - clip_eps, 1 + clip_eps) * A)  # -min(rho A, clip(rho, 1-e, 1+e) A)
+    log_ref = torch.where(mask, ref_logp - logp, 0.0)  # log(pi_ref / pi)
+    kl = log_ref.exp() - log_ref - 1  # k3 = pi_ref/pi - log(pi_ref/pi) - 1 >= 0
+    per_token = (pg + kl_coef * kl) * mask  # L_t = -min(...) + beta KL_t; the KL sits inside, per token
+    if token_level:
+        loss = per_token.sum() / mask.sum().clamp(min=1)  # DAPO: mean over all tokens of the batch
+    else:
+        loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()  # GRPO: mean over tokens, then outputs
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1)
+        cut = ((rho < 1 - clip_eps) & (A < 0)) | ((rho > 1 + clip_eps) & (A > 0))  # the clip zeroes the gradient
+        stats = dict(clip_frac=((cut & mask).sum() / n).item(), kl=((kl * mask).sum() / n).item(),
+                     ratio=((rho * mask).sum() / n).item())
+    return loss, stats
+
+
+def dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp, beta=0.1):
+    """DPO (Rafailov et al., 2023) on sequence log-prob sums, each (P,). Returns (mean loss, stats)."""
+    chosen = policy_chosen_logp - ref_chosen_logp  # log pi(y_w) / pi_ref(y_w)
+    rejected = policy_rejected_logp - ref_rejected_logp  # log pi(y_l) / pi_ref(y_l)
+    loss = -F.logsigmoid(beta * (chosen - rejected)).mean()  # L = -log sigmoid(beta (chosen - rejected))
+    with torch.no_grad():
+        stats = dict(reward_acc=(chosen > rejected).float().mean().item(),
+                     margin=(beta * (chosen - rejected)).mean().item())
+    return loss, stats
+
+
+# -----------------------------------------------------------------------------
+# ReST filtering (official: THUDM/ReST-RL experiment/process_gen_data.py)
+
+
+def keep_groups(rewards, std_threshold=0.05):
+    """(n_groups, G) -> (n_groups,) bool: population reward std >= threshold (drops all-pass / all-fail)."""
+    return rewards.std(1, correction=0) >= std_threshold
+
+
+def prefix_states(prompt, solution, rng, frac=0.5, alpha=0.95):
+    """Start states prompt + (first k lines of solution) for a solution of n lines. As in the official code
+    the k-line prefix has weight alpha**(k-1) and ceil(frac * n) are drawn with replacement; unlike it, the
+    full program (k = n) is never a candidate: from there the only thing left to learn is to stop."""
+    lines = solution.rstrip().split('\n')  # official: completion.rstrip().split('\n')
+    n = len(lines)
+    if n < 2:
+        return []
+    k = np.arange(1, n)  # candidate prefix lengths 1..n-1
+    w = alpha ** (k - 1.0)  # weight alpha^(k-1): short prefixes favoured
+    picks = rng.choice(k, size=math.ceil(frac * n), replace=True, p=w / w.sum())
+    return [prompt + '\n'.join(lines[:j]) + '\n' for j in picks]  # whole lines, so a state ends in '\n'
+
+
+# -----------------------------------------------------------------------------
+# start states, rollouts
+
+
+class StatePool:
+    """Where rollout states come from. Fresh RL problems in a reshuffled order each epoch, mixed with a buffer of
+    prefix states harvested by ReST filtering: a draw of n states takes round(prefix_frac * n) from the buffer
+    (uniformly, each used once, like the official one-pass dataset), the rest fresh. The buffer keeps the newest
+    `size` states. A state is (task index, text after the prompt); the pool's state_dict makes resume exact."""
+
+    def __init__(self, n_tasks, seed, size):
+        self.n_tasks, self.seed, self.size = n_tasks, seed, size
+        self.epoch, self.cursor, self.buffer = 0, 0, []
+
+    def add(self, states):
+        self.buffer.extend(states)
+        del self.buffer[:max(0, len(self.buffer) - self.size)]  # forget the oldest
+
+    def draw(self, n, prefix_frac, rng):
+        k = min(round(prefix_frac * n), len(self.buffer))
+        picked = sorted(rng.choice(len(self.buffer), size=k, replace=False).tolist(), reverse=True)
+        out = [self.buffer.pop(j) for j in picked]
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_tasks)
+        while len(out) < n:
+            out.append((int(order[self.cursor]), ''))
+            self.cursor += 1
+            if self.cursor == self.n_tasks:
+                self.epoch, self.cursor = self.epoch + 1, 0
+                order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_tasks)
+        return out
+
+    def state_dict(self):
+        return dict(epoch=self.epoch, cursor=self.cursor, buffer=list(self.buffer))
+
+    def load_state_dict(self, d):
+        self.epoch, self.cursor, self.buffer = d['epoch'], d['cursor'], [tuple(s) for s in d['buffer']]
+
+
+def rollout(policy, enc, states, G, cfg, generator=None):
+    """Sample G completions of each state (dict: task, text = prompt + partial program, ids) and score every
+    program = text + completion on the task's hidden tests. A completion cut at max_new_tokens is scored as it
+    is and gets no end token: training only ever sees tokens the policy sampled.
+    Returns (groups, info): one group per state with its G completions, their sampler log-probs and rewards."""
+    t0 = time.time()
+    policy.eval()
+    s = policy.sample([st['ids'] for st in states], n=G, max_new_tokens=cfg.max_new_tokens,
+                      temperature=cfg.rl_temperature, stop_ids=(enc.eot_token,), pad_id=pad_id(enc),
+                      generator=generator)
+    rows, stopped = s.rows(), s.stopped.tolist()
+    logps = [lp[m].cpu() for lp, m in zip(s.logp, s.mask)]
+    texts = [enc.decode(r[:-1] if stop else r) for r, stop in zip(rows, stopped)]  # the end token is not code
+    t1 = time.time()
+    jobs = [(states[i // G]['text'] + texts[i], states[i // G]['task']['tests']) for i in range(len(rows))]
+    results = sandbox.run_batch(jobs, timeout=cfg.rl_timeout)  # a crash or a hang is a Result, reward 0
+    t2 = time.time()
+    partial = torch.tensor([r.reward for r in results]).view(-1, G)  # fraction of tests passed
+    binary = torch.tensor([float(r.total > 0 and r.passed == r.total) for r in results]).view(-1, G)  # all pass
+    reward = binary if cfg.rl_reward == 'binary' else partial
+    groups = [dict(state=st, ids=rows[k * G:(k + 1) * G], logp=logps[k * G:(k + 1) * G],
+                   texts=texts[k * G:(k + 1) * G], reward=reward[k], partial=partial[k], binary=binary[k])
+              for k, st in enumerate(states)]
+    info = dict(t_sample=t1 - t0, t_score=t2 - t1, tokens=sum(len(r) for r in rows),
+                truncated=len(rows) - sum(stopped))
+    return groups, info
+
+
+def pad_id(enc):
+    return enc.encode_single_token('<|pad|>')
+
+
+def make_state(task_idx, partial, rl_tasks, enc):
+    task = rl_tasks[task_idx]
+    text = task['prompt'] + partial
+    return dict(task=task, task_idx=task_idx, partial=partial, text=text, ids=enc.encode_ordinary(text))
+
+
+# -----------------------------------------------------------------------------
+# updates
+
+
+def completion_logprobs(model, prompts, completions, pad):
+    """log pi(c_j | prompt, c_<j) for every completion token: (R, Tc), and its mask (R, Tc)."""
+    dev = model.lm_head.weight.device
+    Lp = torch.tensor([len(p) for p in prompts], device=dev)
+    Lc = torch.tensor([len(c) for c in completions], device=dev)
+    idx = pad_sequence([torch.tensor(p + c) for p, c in zip(prompts, completions)], True, pad).to(dev)  # (R, T)
+    lp = model.logprobs(idx)  # (R, T-1): lp[:, t] = log pi(idx[:, t+1] | idx[:, :t+1])
+    j = torch.arange(int(Lc.max()), device=dev)
+    pos = (Lp[:, None] - 1 + j[None]).clamp(max=lp.size(1) - 1)  # completion token j sits at index Lp + j
+    return lp.gather(1, pos), j[None] < Lc[:, None]  # (R, Tc), (R, Tc)
+
+
+def _slices(n, size):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _step(policy, optimizer, cfg):
+    norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # micro-batches accumulate into .grad until the next step
+    return float(norm)
+
+
+def grpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
+    """GRPO on a batch of groups: rl_inner_steps optimizer steps, micro-batches of rl_micro_batch rows weighted to
+    give the batch mean. Reference log-probs are computed once per batch under no_grad; the old policy's are the
+    first step's own (detached), taken before any update, so that step has rho = 1 exactly and costs no extra pass.
+    Dropout stays off (eval mode): it would make pi and pi_old differ by noise."""
+    prompts = [g['state']['ids'] for g in batch for _ in g['ids']]
+    comps = [c for g in batch for c in g['ids']]  # sampled tokens only, the end token when it was sampled
+    adv = group_advantages(torch.stack([g['reward'] for g in batch]), cfg.rl_adv_eps, cfg.rl_scale_by_std).flatten()
+    parts = _slices(len(comps), cfg.rl_micro_batch)
+    with torch.no_grad(), ctx:
+        ref_lp = [completion_logprobs(ref, prompts[s], comps[s], pad) for s in parts]  # [(lp, mask)]
+    n_tok = sum(int(mask.sum()) for _, mask in ref_lp)
+    old_lp = [None] * len(parts)
+    tot = dict(loss=0.0, kl=0.0, clip_frac=0.0, ratio=0.0, grad_norm=0.0)
+    for step in range(cfg.rl_inner_steps):
+        for i, (s, (r_lp, mask)) in enumerate(zip(parts, ref_lp)):
+            with ctx:
+                lp, _ = completion_logprobs(policy, prompts[s], comps[s], pad)
+            if step == 0:
+                old_lp[i] = lp.detach()  # pi_old = the policy that sampled the batch
+            loss, st = grpo_loss(lp, old_lp[i], r_lp, adv[s].to(lp.device), mask,
+                                 cfg.rl_clip_eps, cfg.rl_kl_coef, cfg.rl_token_level)
+            share = int(mask.sum()) / n_tok if cfg.rl_token_level else (s.stop - s.start) / len(comps)
+            (loss * share).backward()  # the micro-batch's share of the batch mean
+            tot['loss'] += loss.item() * share
+            for k, v in st.items():
+                tot[k] += v * int(mask.sum()) / n_tok  # token-weighted means
+        tot['grad_norm'] += _step(policy, optimizer, cfg)
+    tot = {k: v / cfg.rl_inner_steps for k, v in tot.items()}
+    # |log pi_old - log pi at sampling|: float noise, unless sampler and trainer disagree (a bug, or bfloat16)
+    old = torch.cat([o_lp[mask].cpu() for o_lp, (_, mask) in zip(old_lp, ref_lp)])
+    tot['sampler_logp_err'] = float((old - torch.cat([lp for g in batch for lp in g['logp']])).abs().max())
+    return tot
+
+
+def dpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
+    """DPO on the (best, worst) pair of every group against the frozen reference; rl_inner_steps steps."""
+    prompts = [g['state']['ids'] for g in batch]
+    chosen = [g['ids'][int(g['reward'].argmax())] for g in batch]
+    rejected = [g['ids'][int(g['reward'].argmin())] for g in batch]
+    parts = _slices(len(batch), max(1, cfg.rl_micro_batch // 2))  # a pair is two rows
+
+    def seq_logp(model, s):  # log-prob sums and per-token log-probs of chosen then rejected rows
+        lp, mask = completion_logprobs(model, prompts[s] * 2, chosen[s] + rejected[s], pad)
+        lp = torch.where(mask, lp.float(), 0.0)
+        return lp.sum(1), lp, mask
+
+    with torch.no_grad(), ctx:
+        ref_out = [seq_logp(ref, s) for s in parts]
+    tot = dict(loss=0.0, kl=0.0, reward_acc=0.0, margin=0.0, grad_norm=0.0)
+    for _ in range(cfg.rl_inner_steps):
+        for s, (r_seq, r_lp, mask) in zip(parts, ref_out):
+            with ctx:
+                seq, lp, _ = seq_logp(policy, s)
+            P, share = s.stop - s.start, (s.stop - s.start) / len(batch)
+            loss, st = dpo_loss(seq[:P], seq[P:], r_seq[:P], r_seq[P:], cfg.rl_dpo_beta)
+            (loss * share).backward()
+            log_ref = (r_lp - lp).detach()  # log(pi_ref / pi), 0 at pads
+            st['kl'] = float((log_ref.exp() - log_ref - 1).sum() / mask.sum())  # k3 KL, logged only
+            tot['loss'] += loss.item() * share
+            for k, v in st.items():
+                tot[k] += v * share
+        tot['grad_norm'] += _step(policy, optimizer, cfg)
+    return {k: v / cfg.rl_inner_steps for k, v in tot.items()}
+
+
+# -----------------------------------------------------------------------------
+# the iteration loop
+
+
+def collect(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
+    """Rounds of rl_batch_groups states, sampled and scored, until the batch holds rl_batch_groups informative
+    groups (at most rl_max_rounds rounds; grpo: one round, every group). Returns (batch, sampled groups, info)."""
+    B = cfg.rl_batch_groups
+    batch, sampled = [], []
+    info = dict(t_sample=0.0, t_score=0.0, tokens=0, truncated=0, rounds=0, harvested=0)
+    for _ in range(1 if method == 'grpo' else cfg.rl_max_rounds):
+        drawn = pool.draw(B, cfg.rl_prefix_frac if method == 'rest_grpo' else 0.0, rng)
+        groups, inf = rollout(policy, enc, [make_state(i, p, rl_tasks, enc) for i, p in drawn],
+                              cfg.rl_group_size, cfg, generator)
+        for k, v in inf.items():
+            info[k] += v
+        info['rounds'] += 1
+        sampled += groups
+        rewards = torch.stack([g['reward'] for g in groups])  # (B, G)
+        if method == 'grpo':
+            keep = [True] * len(groups)
+        elif method == 'rest_dpo':
+            keep = (rewards.amax(1) > rewards.amin(1)).tolist()  # a pair needs two different rewards
+        else:
+            keep = keep_groups(rewards, cfg.rl_std_threshold).tolist()
+        batch += [g for g, k in zip(groups, keep) if k][:B - len(batch)]
+        if method == 'rest_grpo':  # new start states from the best program of each kept group
+            for g, k in zip(groups, keep):
+                best = int(g['reward'].argmax())
+                if k and g['reward'][best] >= cfg.rl_prefix_min_reward:
+                    solution = g['state']['partial'] + g['texts'][best]  # the program after the task's prompt
+                    new = [(g['state']['task_idx'], p) for p in
+                           prefix_states('', solution, rng, cfg.rl_prefix_lines_frac, cfg.rl_prefix_alpha)]
+                    # a long state would shorten every row's max_new_tokens in its sampling batch
+                    new = [s for s in new if len(enc.encode_ordinary(g['state']['task']['prompt'] + s[1]))
+                           + cfg.max_new_tokens <= policy.config.block_size]
+                    pool.add(new)
+                    info['harvested'] += len(new)
+        if len(batch) >= B:
+            break
+    return batch, sampled, info
+
+
+def _autocast(cfg):
+    return torch.autocast('cuda', dtype=torch.bfloat16) if cfg.dtype == 'bfloat16' else nullcontext()
+
+
+def train_rl(cfg, policy, enc, rl_tasks, test_tasks, out_dir, device, method, log=print):
+    """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
+    Checkpoints every iteration to out_dir/rl_{method}.pt and resumes from it; every iteration draws from its
+    own seeds (seed, iteration), so a resumed run equals an uninterrupted one. Returns the history."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got '{method}'")
+    if cfg.rl_reward not in ('binary', 'partial'):
+        raise ValueError(f"config key 'rl_reward' must be 'binary' or 'partial'; got '{cfg.rl_reward}'")
+    policy.eval()  # no dropout anywhere in RL: it would make pi, pi_old and the sampler disagree by noise
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    optimizer = policy.configure_optimizers(cfg.rl_weight_decay, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])
+    pool = StatePool(len(rl_tasks), cfg.seed, cfg.rl_prefix_buffer)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f'rl_{method}.pt')
+    history, it0 = [], 0
+    if os.path.exists(path):
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        policy.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        pool.load_state_dict(ckpt['pool'])
+        history, it0 = ckpt['history'], ckpt['iter_num']
+        log(f"rl {method}: resuming from iteration {it0} of {path}")
+    evaluate = lambda: T.evaluate_greedy(policy, enc, T.spread(test_tasks, cfg.eval_tasks), device,
+                                         cfg.max_new_tokens, cfg.eval_batch_size)
+
+    def checkpoint(it):
+        tmp = path + '.tmp'  # atomic: a crash while writing leaves the previous checkpoint intact
+        torch.save(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it, method=method,
+                        model_args=asdict(policy.config), pool=pool.state_dict(), history=history, config=vars(cfg)),
+                   tmp)
+        os.replace(tmp, path)
+
+    if not history:  # iteration 0: the starting policy
+        ev = evaluate()
+        history.append(dict(iter=0, tokens_sampled=0, wall_total=0.0, test_pass1=ev['pass1'],
+                            test_by_difficulty=ev['by_difficulty']))
+        log(f"rl {method}: start, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks")
+    pad, ctx = pad_id(enc), _autocast(cfg)
+    bar = tqdm(total=cfg.rl_iters, initial=it0, desc=f'rl {method}', dynamic_ncols=True)
+    for it in range(it0, cfg.rl_iters):
+        if cfg.rl_token_budget and history[-1]['tokens_sampled'] >= cfg.rl_token_budget:
+            log(f"rl {method}: token budget {cfg.rl_token_budget} spent after {it} iterations")
+            break
+        t0 = time.time()
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + it)
+        rng = np.random.default_rng([cfg.seed, it])
+        with ctx:
+            batch, sampled, info = collect(method, policy, enc, pool, rl_tasks, cfg, generator, rng)
+        t1 = time.time()
+        stats = {}
+        if batch:  # empty when no informative group turned up in rl_max_rounds rounds: nothing to learn from
+            stats = (dpo_update if method == 'rest_dpo' else grpo_update)(policy, ref, optimizer, batch, cfg, pad, ctx)
+        wall = time.time() - t0
+        R = torch.stack([g['reward'] for g in sampled])  # (n_sampled, G) training reward
+        fresh = torch.tensor([g['state']['partial'] == '' for g in sampled])  # prefix states are easier:
+        R_fresh = R[fresh]  # rewards on fresh problems compare across methods, rewards on all states do not
+        rec = dict(iter=it + 1, reward=R.mean().item(),
+                   reward_partial=torch.stack([g['partial'] for g in sampled]).mean().item(),
+                   reward_binary=torch.stack([g['binary'] for g in sampled]).mean().item(),
+                   effective_group_frac=(R.amax(1) > R.amin(1)).float().mean().item(),  # nonzero std
+                   reward_std=R.std(1, correction=0).mean().item(), reward_fresh=R_fresh.mean().item(),
+                   effective_group_frac_fresh=(R_fresh.amax(1) > R_fresh.amin(1)).float().mean().item(),
+                   groups_sampled=len(sampled), groups_trained=len(batch),
+                   prefix_states_sampled=int((~fresh).sum()),
+                   harvested=info['harvested'], buffer=len(pool.buffer), rounds=info['rounds'],
+                   tokens_iter=info['tokens'], tokens_sampled=history[-1]['tokens_sampled'] + info['tokens'],
+                   truncated_frac=info['truncated'] / (R.numel()), wall=wall,
+                   wall_total=history[-1]['wall_total'] + wall, sample_share=info['t_sample'] / wall,
+                   score_share=info['t_score'] / wall, update_share=(t0 + wall - t1) / wall, **stats)
+        if (it + 1) % cfg.rl_eval_interval == 0 or it + 1 == cfg.rl_iters:
+            ev = evaluate()
+            rec.update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'])
+        history.append(rec)
+        checkpoint(it + 1)
+        bar.update(1)
+        bar.set_postfix(reward=f"{rec['reward']:.3f}", eff=f"{rec['effective_group_frac']:.2f}")
+        log(f"rl {method} iter {it + 1}: reward {rec['reward']:.3f} (fresh problems {rec['reward_fresh']:.3f}; "
+            f"partial {rec['reward_partial']:.3f}, binary {rec['reward_binary']:.3f}), effective groups "
+            f"{rec['effective_group_frac']:.2f} of {len(sampled)}, trained on {len(batch)}, kl {stats.get('kl', 0):.4f}, "
+            f"{rec['tokens_sampled']} tokens, {wall:.1f}s (sample {rec['sample_share']:.0%}, score "
+            f"{rec['score_share']:.0%}, update {rec['update_share']:.0%})"
+            + (f", test pass@1 {rec['test_pass1']:.3f}" if 'test_pass1' in rec else ''))
+    bar.close()
+    return history

@@ -1,0 +1,376 @@
+"""restrl.py: advantages, GRPO and DPO losses against per-token Python references with autograd, the ReST filter
+and prefix states, rollouts through the real sandbox, and tiny RL iterations of every method (incl. resume)."""
+import copy
+import math
+import os
+import sys
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tiktoken
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+import restrl  # noqa: E402
+from model import GPT, GPTConfig, Samples  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# advantages
+
+
+def ref_advantages(rows, eps, scale_by_std=True):
+    out = []
+    for r in rows:
+        mean = sum(r) / len(r)
+        std = math.sqrt(sum((x - mean) ** 2 for x in r) / len(r))  # population std
+        out.append([0.0 if max(r) == min(r) else (x - mean) / ((std + eps) if scale_by_std else 1.0) for x in r])
+    return out
+
+
+def test_group_advantages_match_reference_and_flat_groups_are_exactly_zero():
+    rows = [[0.0, 1.0, 0.0, 0.0], [0.3, 0.7, 0.1, 0.9], [0.1] * 4, [1.0] * 4, [0.0] * 4, [1 / 3] * 4]
+    got = restrl.group_advantages(torch.tensor(rows), eps=1e-4)
+    assert torch.allclose(got, torch.tensor(ref_advantages(rows, 1e-4)), atol=1e-5)
+    assert (got[2:] == 0).all()  # exactly zero, not rounding noise
+    # population std: [0, 1] -> std 0.5, so advantages are -+0.5/0.5 = -+1 (the sample std would give -+0.71)
+    assert torch.allclose(restrl.group_advantages(torch.tensor([[0.0, 1.0]]), eps=0.0), torch.tensor([[-1.0, 1.0]]))
+    dr = restrl.group_advantages(torch.tensor(rows), eps=1e-4, scale_by_std=False)  # Dr. GRPO: r - mean
+    assert torch.allclose(dr, torch.tensor(ref_advantages(rows, 1e-4, scale_by_std=False)), atol=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# GRPO loss: a per-token loop over Python scalars, differentiated by autograd
+
+
+def ref_grpo(lp_rows, old_rows, ref_rows, adv, clip_eps, beta, token_level):
+    leaves = [[torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in row] for row in lp_rows]
+    seq_losses, all_terms, clipped, ratios, kls = [], [], 0, [], []
+    for row, old, ref, a in zip(leaves, old_rows, ref_rows, adv):
+        terms = []
+        for lp, o, r in zip(row, old, ref):
+            ratio = torch.exp(lp - o)
+            clip = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+            kl = torch.exp(r - lp) - (r - lp) - 1
+            terms.append(-torch.min(ratio * a, clip * a) + beta * kl)
+            clipped += int((ratio.item() > 1 + clip_eps and a > 0) or (ratio.item() < 1 - clip_eps and a < 0))
+            ratios.append(ratio.item())
+            kls.append(kl.item())
+        seq_losses.append(sum(terms) / len(terms))
+        all_terms += terms
+    loss = sum(all_terms) / len(all_terms) if token_level else sum(seq_losses) / len(seq_losses)
+    loss.backward()
+    grads = [[v.grad.item() for v in row] for row in leaves]
+    n = len(ratios)
+    return loss.item(), grads, dict(clip_frac=clipped / n, kl=sum(kls) / n, ratio=sum(ratios) / n)
+
+
+@pytest.mark.parametrize('token_level', [False, True])
+def test_grpo_loss_value_gradient_and_stats_match_per_token_reference(token_level):
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 2, 7, 1]
+    adv = [1.3, -0.7, 0.4, -2.0]  # both signs
+    R, T = len(lengths), max(lengths)
+    lp_rows = [(-torch.rand(n, generator=g) * 3).tolist() for n in lengths]
+    # ratios far outside [0.8, 1.2] on both sides, and inside
+    shifts = [[0.5, -0.5, 0.05, -0.05, 0.3], [-0.4, 0.4], [0.0, 0.25, -0.25, 0.1, -0.1, 1.0, -1.0], [0.6]]
+    old_rows = [[lp - s for lp, s in zip(row, sh)] for row, sh in zip(lp_rows, shifts)]
+    ref_rows = [[lp + 0.3 * torch.randn(1, generator=g).item() for lp in row] for row in lp_rows]
+    # padded tensors with garbage (huge, nan) where mask is False
+    logp = torch.full((R, T), 1e4)
+    old = torch.full((R, T), float('nan'))
+    ref = torch.full((R, T), -1e4)
+    mask = torch.zeros(R, T, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        logp[i, :n], old[i, :n], ref[i, :n], mask[i, :n] = (torch.tensor(lp_rows[i]), torch.tensor(old_rows[i]),
+                                                             torch.tensor(ref_rows[i]), True)
+    logp.requires_grad_(True)
+    loss, stats = restrl.grpo_loss(logp, old, ref, torch.tensor(adv), mask, clip_eps=0.2, kl_coef=0.05,
+                                   token_level=token_level)
+    loss.backward()
+    want_loss, want_grads, want_stats = ref_grpo(lp_rows, old_rows, ref_rows, adv, 0.2, 0.05, token_level)
+    assert loss.item() == pytest.approx(want_loss, abs=1e-5)
+    for i, n in enumerate(lengths):
+        assert torch.allclose(logp.grad[i, :n], torch.tensor(want_grads[i], dtype=torch.float32), atol=1e-5)
+        assert (logp.grad[i, n:] == 0).all()  # pads get no gradient at all
+    assert 0 < want_stats['clip_frac'] < 1  # the case really exercises the clip
+    for k in ('clip_frac', 'kl', 'ratio'):
+        assert stats[k] == pytest.approx(want_stats[k], abs=1e-5), k
+
+
+def test_grpo_loss_flat_group_at_the_reference_is_zero():
+    # "my loss is 0": zero advantages and policy == reference -> the loss and its gradient vanish
+    logp = torch.log(torch.rand(4, 6)).requires_grad_(True)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    loss, stats = restrl.grpo_loss(logp, logp.detach(), logp.detach(), torch.zeros(4), mask)
+    loss.backward()
+    assert loss.item() == 0 and (logp.grad == 0).all() and stats['kl'] == 0 and stats['ratio'] == 1
+
+
+# -----------------------------------------------------------------------------
+# DPO loss
+
+
+def test_dpo_loss_value_and_gradient_match_reference():
+    g = torch.Generator().manual_seed(1)
+    P, beta = 6, 0.3
+    pc, pr, rc, rr = (-torch.rand(P, generator=g, dtype=torch.float64) * 20 for _ in range(4))
+    leaves = [[torch.tensor(v.item(), dtype=torch.float64, requires_grad=True) for v in t] for t in (pc, pr)]
+    terms = []
+    for c, r, c0, r0 in zip(leaves[0], leaves[1], rc.tolist(), rr.tolist()):
+        h = beta * ((c - c0) - (r - r0))
+        terms.append(torch.log(1 + torch.exp(-h)))  # -log sigmoid(h)
+    want = sum(terms) / P
+    want.backward()
+    pc_, pr_ = pc.clone().requires_grad_(True), pr.clone().requires_grad_(True)
+    loss, stats = restrl.dpo_loss(pc_, pr_, rc, rr, beta)
+    loss.backward()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-9)
+    assert torch.allclose(pc_.grad, torch.tensor([v.grad.item() for v in leaves[0]], dtype=torch.float64))
+    assert torch.allclose(pr_.grad, torch.tensor([v.grad.item() for v in leaves[1]], dtype=torch.float64))
+    margins = beta * ((pc - rc) - (pr - rr))
+    assert stats['reward_acc'] == pytest.approx((margins > 0).double().mean().item())
+    assert stats['margin'] == pytest.approx(margins.mean().item())
+
+
+# -----------------------------------------------------------------------------
+# ReST filter and prefix states
+
+
+def test_keep_groups_on_a_hand_made_batch():
+    rewards = torch.tensor([
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # all pass: drop
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # all fail: drop
+        [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # binary, one success: std 0.33, keep
+        [0.5, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],  # partial, one differs by 0.1: std 0.033 < 0.05, drop
+        [0.5, 0.3, 0.5, 0.5, 0.5, 0.5, 0.5, 0.7],  # std 0.071, keep
+    ])
+    assert restrl.keep_groups(rewards, 0.05).tolist() == [False, False, True, False, True]
+    assert restrl.keep_groups(rewards, 0.0).tolist() == [True] * 5  # threshold 0 keeps everything
+
+
+PROMPT = 'def f(xs):\n    """Sort, double, sum."""\n'
+SOLUTION = '    ys = sorted(xs)\n    ys = [y * 2 for y in ys]\n\n    return sum(ys)\n'  # 4 lines, one blank
+
+
+def test_prefix_states_cut_whole_lines_never_the_full_program():
+    rng = np.random.default_rng(0)
+    lines = SOLUTION.split('\n')[:-1]
+    seen = set()
+    for _ in range(50):
+        states = restrl.prefix_states(PROMPT, SOLUTION, rng, frac=0.5, alpha=0.95)
+        assert len(states) == math.ceil(0.5 * 4)
+        for s in states:
+            assert s.startswith(PROMPT) and s.endswith('\n')  # a valid prompt: prompt + complete lines
+            body = s[len(PROMPT):]
+            assert (PROMPT + SOLUTION).startswith(s) and body != SOLUTION and body
+            seen.add(body.count('\n'))
+            assert body == '\n'.join(lines[:body.count('\n')]) + '\n'
+    assert seen == {1, 2, 3}  # every proper prefix appears, the full program never
+    assert len(restrl.prefix_states(PROMPT, SOLUTION + '    x = 1\n', rng)) == 3  # ceil(0.5 * 5)
+    assert restrl.prefix_states(PROMPT, '    return xs\n', rng) == []  # one line: no proper prefix
+    # a truncated last line (cut at max_new_tokens) is never part of a state
+    cut = restrl.prefix_states(PROMPT, '    ys = sorted(xs)\n    return su', np.random.default_rng(0))
+    assert cut == [PROMPT + '    ys = sorted(xs)\n']
+
+
+def test_prefix_weights_favour_short_prefixes():
+    rng = np.random.default_rng(123)
+    solution = ''.join(f'    x{i} = {i}\n' for i in range(11))  # 11 lines -> prefixes of 1..10 lines
+    for alpha in (0.95, 0.5):
+        counts = Counter()
+        for _ in range(4000):
+            counts.update(s.count('\n') - 2 for s in restrl.prefix_states(PROMPT, solution, rng, 0.5, alpha))
+        n = sum(counts.values())
+        w = np.array([alpha ** (k - 1) for k in range(1, 11)])
+        p = w / w.sum()
+        for k in range(1, 11):  # within 4 binomial standard errors of alpha^(k-1) / sum
+            assert abs(counts[k] / n - p[k - 1]) < 4 * math.sqrt(p[k - 1] * (1 - p[k - 1]) / n), (alpha, k)
+        assert counts[1] > counts[10]
+
+
+def test_state_pool_epochs_prefix_mix_and_resume():
+    pool = restrl.StatePool(n_tasks=5, seed=0, size=4)
+    rng = np.random.default_rng(0)
+    first = pool.draw(5, 0.5, rng)  # empty buffer: all fresh
+    assert sorted(i for i, _ in first) == list(range(5)) and all(p == '' for _, p in first)
+    pool.add([(0, 'a\n'), (1, 'b\n'), (2, 'c\n'), (3, 'd\n'), (4, 'e\n')])
+    assert pool.buffer[0] == (1, 'b\n')  # capped at size 4, the oldest forgotten
+    saved = pool.state_dict()
+    rng_state = rng.bit_generator.state
+    drawn = pool.draw(4, 0.5, rng)
+    assert sum(p != '' for _, p in drawn) == 2 and len(pool.buffer) == 2  # each prefix state used once
+    twin = restrl.StatePool(5, 0, 4)
+    twin.load_state_dict(saved)
+    rng.bit_generator.state = rng_state
+    assert twin.draw(4, 0.5, rng) == drawn
+
+
+# -----------------------------------------------------------------------------
+# rollouts and RL iterations on a tiny model: a byte-level tokenizer and three tiny tasks, built here
+
+ENC = tiktoken.Encoding(name='bytes', pat_str=r"\n|[^\n]+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                        special_tokens={'<|endoftext|>': 256, '<|pad|>': 257})
+TASKS = [  # (prompt, good solution, bad solution)
+    ('def f(xs):\n    # double\n', '    ys = [x * 2 for x in xs]\n    return ys\n', '    return xs\n'),
+    ('def f(xs):\n    # reverse\n', '    ys = xs[::-1]\n    return ys\n', '    return xs\n'),
+    ('def f(xs):\n    # total\n', '    s = sum(xs)\n    return s\n', '    return 0\n'),
+]
+TESTS = [['assert f([1, 2]) == [2, 4]', 'assert f([]) == []'], ['assert f([1, 2]) == [2, 1]', 'assert f([3]) == [3]'],
+         ['assert f([1, 2]) == 3', 'assert f([]) == 0']]
+RL_TASKS = [dict(task_id=f'toy/{i}', prompt=p, entry_point='f', canonical_solution=good, test='', tests=tests,
+                 difficulty=1) for i, ((p, good, _), tests) in enumerate(zip(TASKS, TESTS))]
+
+
+def make_cfg(**kw):
+    cfg = dict(seed=0, grad_clip=1.0, max_new_tokens=48, eval_tasks=0, eval_batch_size=16, dtype='float32',
+               rl_iters=1, rl_lr=1e-3, rl_weight_decay=0.0, rl_batch_groups=3, rl_group_size=4, rl_max_rounds=3,
+               rl_temperature=1.0, rl_reward='binary', rl_std_threshold=0.05, rl_prefix_min_reward=0.9,
+               rl_prefix_lines_frac=0.5, rl_prefix_alpha=0.95, rl_prefix_frac=0.5, rl_prefix_buffer=64,
+               rl_clip_eps=0.2, rl_kl_coef=0.02, rl_adv_eps=1e-4, rl_scale_by_std=True, rl_token_level=False,
+               rl_dpo_beta=0.1, rl_inner_steps=1, rl_micro_batch=5, rl_timeout=1.0, rl_eval_interval=1,
+               rl_token_budget=0)
+    cfg.update(kw)
+    return SimpleNamespace(**cfg)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny ops: one thread is faster, and far faster while other processes (the sandbox) hold the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def sft_policy():
+    """A 1-layer GPT fitted to a good and a bad solution of every task: its samples get mixed rewards."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=96, vocab_size=ENC.n_vocab, n_layer=1, n_head=2, n_embd=32))
+    seqs = [(ENC.encode_ordinary(p), ENC.encode_ordinary(c) + [ENC.eot_token]) for p, g, b in TASKS for c in (g, b)]
+    L = max(len(p) + len(c) for p, c in seqs)
+    x, y = torch.zeros(len(seqs), L, dtype=torch.long), torch.full((len(seqs), L), -1)
+    for i, (p, c) in enumerate(seqs):
+        x[i, :len(p) + len(c)] = torch.tensor(p + c)
+        y[i, len(p) - 1:len(p) + len(c) - 1] = torch.tensor(c)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+class ScriptedPolicy:
+    """Stands in for GPT.sample: every state gets the same scripted completions (text, stopped)."""
+
+    def __init__(self, script):
+        self.script = script
+
+    def eval(self):
+        return self
+
+    def sample(self, prompts, n, max_new_tokens, temperature, stop_ids, pad_id, generator):
+        assert n == len(self.script)
+        rows = [ENC.encode_ordinary(t) + ([stop_ids[0]] if stop else []) for t, stop in self.script] * len(prompts)
+        T = max(len(r) for r in rows)
+        tokens = torch.full((len(rows), T), pad_id)
+        mask = torch.zeros(len(rows), T, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            tokens[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), True
+        stopped = torch.tensor([stop for _, stop in self.script] * len(prompts))
+        return Samples(tokens, torch.where(mask, -1.0, 0.0), mask, stopped)
+
+
+def test_rollout_crash_and_hang_cost_reward_zero_and_truncation_adds_no_end_token():
+    good = '    ys = [x * 2 for x in xs]\n    return ys\n'
+    script = [(good, True), ('    return xs\n', True), ('    raise SystemExit(0)\n', True),
+              ('    while True:\n        pass\n', True), ('    import os\n    os._exit(0)\n', True),
+              (good, False), ('    ys = [x * 2 fo', False)]
+    state = restrl.make_state(0, '', RL_TASKS, ENC)
+    groups, info = restrl.rollout(ScriptedPolicy(script), ENC, [state, state], len(script), make_cfg(rl_timeout=0.5))
+    for g in groups:
+        assert g['binary'].tolist() == [1, 0, 0, 0, 0, 1, 0]  # the run goes on; crash, hang, exit earn 0
+        assert g['partial'].tolist() == [1, 0.5, 0, 0, 0, 1, 0]  # 'return xs' passes f([]) == []
+        assert g['ids'][0][-1] == ENC.eot_token and g['ids'][5][-1] != ENC.eot_token  # sampled tokens only
+        assert g['texts'][5] == good and g['texts'][0] == good
+    assert info['truncated'] == 4 and info['tokens'] == 2 * sum(len(ENC.encode_ordinary(t)) + s for t, s in script)
+
+
+def test_completion_logprobs_equal_the_samplers(sft_policy):
+    """The training forward scores exactly the tokens the KV-cache sampler drew (mixed prompt lengths)."""
+    states = [restrl.make_state(i, p, RL_TASKS, ENC) for i, p in [(0, ''), (1, '    ys = xs[::-1]\n'), (2, '')]]
+    s = sft_policy.sample([st['ids'] for st in states], n=3, max_new_tokens=20, stop_ids=(ENC.eot_token,),
+                          pad_id=257, generator=torch.Generator().manual_seed(0))
+    rows = s.rows()
+    lp, mask = restrl.completion_logprobs(sft_policy, [states[r // 3]['ids'] for r in range(9)], rows, 257)
+    assert torch.equal(mask, s.mask)
+    assert torch.allclose(lp[mask], s.logp[s.mask], atol=1e-5)
+
+
+def test_collect_fills_the_batch_with_informative_groups_only(sft_policy):
+    cfg = make_cfg(rl_batch_groups=4, rl_max_rounds=4)
+    for method in ('rest_grpo', 'grpo'):
+        pool = restrl.StatePool(len(RL_TASKS), 0, 64)
+        batch, sampled, info = restrl.collect(method, sft_policy, ENC, pool, RL_TASKS, cfg,
+                                              torch.Generator().manual_seed(0), np.random.default_rng(0))
+        assert info['tokens'] == sum(len(r) for g in sampled for r in g['ids'])  # every sampled token is counted
+        assert len(sampled) == 4 * info['rounds']
+        if method == 'grpo':
+            assert info['rounds'] == 1 and batch == sampled  # naive GRPO trains on every group, flat ones too
+        else:
+            assert 0 < len(batch) <= 4 and all(g['reward'].std(correction=0) >= 0.05 for g in batch)
+            assert len(batch) == 4 or info['rounds'] == 4  # full, or out of rounds
+            assert info['harvested'] > 0 and all(p.endswith('\n') for _, p in pool.buffer)
+
+
+@pytest.fixture(autouse=True)
+def fake_eval(monkeypatch):
+    """Greedy evaluation is tasks.py's (tested there); here we record that train_rl calls it on the test tasks."""
+    calls = []
+
+    def evaluate_greedy(model, enc, task_list, device, max_new_tokens, batch_size):
+        calls.append(len(task_list))
+        return {'pass1': 0.25, 'by_difficulty': {1: 0.25}, 'n': len(task_list)}
+    monkeypatch.setattr(restrl.T, 'evaluate_greedy', evaluate_greedy, raising=False)
+    return calls
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize('method', restrl.METHODS)
+def test_one_iteration_of_each_method_changes_the_weights(sft_policy, method, tmp_path, fake_eval):
+    policy = copy.deepcopy(sft_policy)
+    before = weights(policy)
+    cfg = make_cfg(rl_inner_steps=2 if method == 'grpo' else 1)  # the second step sees rho != 1
+    hist = restrl.train_rl(cfg, policy, ENC, RL_TASKS, RL_TASKS, str(tmp_path), 'cpu', method, log=lambda s: 0)
+    assert [h['iter'] for h in hist] == [0, 1] and hist[0]['test_pass1'] == hist[1]['test_pass1'] == 0.25
+    assert fake_eval == [len(RL_TASKS)] * 2  # before training, and after the iteration
+    h = hist[1]
+    assert h['groups_trained'] > 0 and h['tokens_sampled'] > 0 and 0 <= h['effective_group_frac'] <= 1
+    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    if method == 'rest_grpo':
+        assert h['sampler_logp_err'] < 1e-4 and h['ratio'] == 1.0 and h['clip_frac'] == 0  # one on-policy step
+    if method == 'grpo':
+        assert h['sampler_logp_err'] < 1e-4 and h['ratio'] != 1.0
+    assert os.path.exists(tmp_path / f'rl_{method}.pt')
+
+
+def test_resumed_run_equals_uninterrupted_run(sft_policy, tmp_path):
+    cfg = make_cfg(rl_iters=2, rl_eval_interval=100)
+    a = copy.deepcopy(sft_policy)
+    hist_a = restrl.train_rl(cfg, a, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'a'), 'cpu', 'rest_grpo', log=lambda s: 0)
+    b = copy.deepcopy(sft_policy)
+    restrl.train_rl(make_cfg(rl_iters=1, rl_eval_interval=100), b, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'b'),
+                    'cpu', 'rest_grpo', log=lambda s: 0)
+    b = copy.deepcopy(sft_policy)  # a fresh process would start again from the SFT model
+    hist_b = restrl.train_rl(cfg, b, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'b'), 'cpu', 'rest_grpo', log=lambda s: 0)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    keep = ('reward', 'effective_group_frac', 'tokens_sampled', 'groups_trained', 'harvested', 'buffer', 'loss')
+    assert [{k: h.get(k) for k in keep} for h in hist_a] == [{k: h.get(k) for k in keep} for h in hist_b]
