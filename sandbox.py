@@ -3,41 +3,33 @@ Run model-written Python against assert tests: contained, fast, and hard to game
 
 Threat model: accidents and reward hacking by a small model (exit(0), printing "passed", patching
 builtins, fork bombs, memory bombs, sleeping children), not a determined attacker who walks frames
-or uses ctypes: for that, put the whole run in a container or VM.
+or uses ctypes: for that, put the whole run in a container or VM. README (Sandbox) has the details.
 
 Design. run_batch() feeds JSON lines to warm workers, `python -S sandbox.py --worker`, started fresh
-(never forked from the caller, which may hold torch and threads), importing only the stdlib, lean so
-that forks are cheap, and never running user code themselves. A worker first enters namespaces of
-its own: an empty network namespace, a private mount namespace with / read-only and a /proc that
-shows only its pid namespace. Per program it mounts a fresh 64 MB tmpfs on /tmp (/var/tmp and
-/dev/shm point there too) and forks
-  I  pid 1 of a new pid namespace, in its own session; drops privileges (root: a uid of its own;
-     otherwise a nested user namespace, so nothing above can be undone); sets rlimits; env is
-     PATH/HOME/TMPDIR/LANG only; stdin is /dev/null; stdout+stderr go to a pipe the worker caps.
-     It compiles the program and every test *before* user code runs, execs the program once, puts
-     builtins and math back to their pristine state, then for each test but the last forks
-  T  which runs the test in a copy of the program's namespace where builtin names resolve to a
-     private pristine dict, and only if exec() returned normally writes "<nonce> pass i" on the
-     report pipe. The last test runs so in I itself (nothing runs after it). Each test starts from
-     the state right after the program ran: partial credit is exact.
+(never forked from the caller, which may hold torch and threads), stdlib only, lean so that forks
+are cheap, never running user code themselves. A worker enters namespaces of its own: an empty
+network, a private mount namespace with / read-only and a /proc showing only its pid namespace. Per
+program it mounts a fresh tmpfs on /tmp (also behind /var/tmp and /dev/shm) and forks
+  I  pid 1 of a new pid namespace, in its own session, without privileges (root: a uid that no other
+     process on the machine has; otherwise a nested user namespace), with rlimits, a bare env,
+     stdin /dev/null and output to a capped pipe. It compiles the program and every test before
+     user code runs, runs the program, puts builtins and math back, then for each test but the last
+     forks
+  T  which runs the test in a copy of the program's globals, builtin names resolving to a private
+     pristine dict, and writes "<nonce> pass i" on the report pipe only if exec() returned. The
+     last test runs in I itself. Every test starts from the state the program left.
 At the time limit, or when I exits, the worker SIGKILLs I and the kernel kills all that is left in
-I's pid namespace, setsid'd and double-forked grandchildren included.
+its pid namespace, setsid'd and double-forked grandchildren included.
 
-Why the reward cannot be faked (within the threat model):
-  - The worker counts passes only from lines on a private pipe carrying the run's random nonce,
-    and only from I or a T it forked (a fork made by user code cannot try several answers); exit
-    codes and stdout mean nothing; each test counts once.
-  - exit(0), os._exit(0), SystemExit, KeyboardInterrupt, killing the parent (I is pid 1 and ignores
-    it), closing fds: all end a test before it is reported, so it fails.
-  - The harness binds exec/compile/os.write/os._exit/BaseException before user code runs, so
-    patching those, builtins, AssertionError or type cannot skip a test or fake a report; `assert`
-    raises the real AssertionError whatever the name means; tests compile with optimize=0;
-    sys.settrace/setprofile are disabled (a tracer could jump over an assert).
-  - Out of scope: walking frames or the heap to find the nonce, ctypes; and a value whose __eq__
-    always says True passes `assert f(x) == y` unless the test also checks `type(...) is ...`.
-Without namespaces (e.g. a container that forbids them) the worker falls back to a child subreaper
-that kills and reaps every descendant and a temp dir per run; the network and any path the user may
-write then stay reachable, and it says so on stderr. `isolation()` reports what this machine gives.
+Why the reward cannot be faked: passes count only from lines on a private pipe that carry the run's
+random nonce, written by I or a T it forked (never by a fork of user code), once per test. Exit
+codes and stdout mean nothing, so exit(0), SystemExit, killing the parent or closing fds only end a
+test unreported. exec/compile/os.write/... are bound before user code runs, `assert` raises the real
+AssertionError (optimize=0), sys.settrace/setprofile are disabled. Out of scope: frames, the heap,
+ctypes, and values whose __eq__ always says True (tests should check types too).
+Without namespaces the worker falls back to a child subreaper that kills every descendant and a temp
+dir per run; the network and the user's files then stay reachable, and it says so on stderr.
+isolation() reports what this machine gives.
 """
 import atexit
 import builtins
@@ -47,6 +39,7 @@ import io
 import json
 import math
 import os
+import re
 import resource
 import select
 import signal
@@ -62,15 +55,15 @@ MAX_FILE_MB = 16          # RLIMIT_FSIZE: largest file a program can write
 TMP_MB = 64               # size of the private tmpfs on /tmp (isolated mode)
 MAX_OPEN_FILES = 256      # RLIMIT_NOFILE
 OUTPUT_CHARS = 2000       # captured stdout+stderr kept in Result.output (the rest is discarded)
-SANDBOX_UID = 2_000_000_000  # + worker slot: the uid programs run as when the worker is root
-STATUSES = ('ok', 'error', 'syntax', 'timeout', 'memory', 'killed')
+SANDBOX_UID = 2_000_000_000  # + the worker's pid: the uid programs run as when the worker is root
+_KERNEL = tuple(int(n) for n in re.findall(r'\d+', os.uname().release)[:2])
 
 
 @dataclass
 class Result:
     passed: int       # tests that ran to completion without raising
     total: int        # tests given
-    status: str       # one of STATUSES; 'ok' iff every test passed
+    status: str       # 'ok' iff every test passed, else 'error', 'syntax', 'timeout', 'memory', 'killed'
     error: str = ''   # one short line, '' when ok
     output: str = ''  # the first OUTPUT_CHARS of what the program printed
 
@@ -120,23 +113,19 @@ def _mount(src, dst, fstype, flags, data=None):
     _check(_libc.mount(src, dst, fstype, flags, data), f'mount {dst}')
 
 
-def _mount_setattr(path, set_=0, clr=0, flags=0):
-    attr = (ctypes.c_uint64 * 4)(set_, clr, 0, 0)  # struct mount_attr {attr_set, attr_clr, propagation, userns_fd}
-    ret = _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path, flags, ctypes.byref(attr), ctypes.sizeof(attr))
-    _check(ret, f'mount_setattr {path}')
-
-
 def _uid_mapped(uid):
     """Is `uid` usable here? (Not inside a container's user namespace that maps only a few uids.)"""
     with open('/proc/self/uid_map') as f:
         return any(int(a) <= uid < int(a) + int(n) for a, _, n in (line.split() for line in f))
 
 
-def _enter_namespaces(slot):
+def _enter_namespaces(first):
     """Worker start: own pid, net and mount namespaces (and user, when not root); falls back if denied."""
     uid, gid = os.geteuid(), os.getegid()  # read now: unmapped, they read as 65534 after unshare
-    root = uid == 0 and _uid_mapped(SANDBOX_UID + slot)
-    _Setup.uid = SANDBOX_UID + slot if root else None
+    # Root: a uid no other process has (pids are unique). RLIMIT_NPROC counts per uid, machine-wide: a
+    # uid shared by several callers' pools let one program's processes fail the test forks of all.
+    root = uid == 0 and _uid_mapped(SANDBOX_UID + os.getpid())
+    _Setup.uid = SANDBOX_UID + os.getpid() if root else None
     if _libc.unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | (0 if root else CLONE_NEWUSER)) != 0:
         import tempfile  # fallback mode: no namespaces; a subreaper and a temp dir per run
         no_net = _libc.unshare(CLONE_NEWNET | (0 if root else CLONE_NEWUSER)) == 0  # if only that is allowed
@@ -144,7 +133,7 @@ def _enter_namespaces(slot):
         _Setup.workdir = tempfile.mkdtemp(prefix='restrl-sandbox-')
         os.chmod(_Setup.workdir, 0o711)
         risks = ([] if no_net else ['reach the network']) + ([] if root else ['write and signal as you'])
-        if slot == 0:
+        if first:
             print(f'sandbox.py: namespaces are not allowed here, so programs can {" and ".join(risks)} '
                   '(see README, Sandbox)', file=sys.stderr)
         return
@@ -157,10 +146,9 @@ def _enter_namespaces(slot):
         os._exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) & 0xFF)
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the process the caller started
     _mount(b'none', b'/', None, MS_REC | MS_PRIVATE)  # nothing we mount leaks out, nor in
-    try:
-        _mount_setattr(b'/', set_=MOUNT_ATTR_RDONLY, flags=AT_RECURSIVE)
-    except OSError:  # kernel < 5.12: / stays writable where the uid may write (isolation() says so)
-        pass
+    attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_RDONLY, 0, 0, 0)  # struct mount_attr {set, clr, propagation, userns}
+    _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b'/', AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr))
+    # (fails on kernel < 5.12: / then stays writable where the uid may write; isolation() says so)
     _mount(b'proc', b'/proc', b'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)  # shows only our processes
     _Setup.pidns = os.open('/proc/self/ns/pid', os.O_RDONLY)
     _Setup.isolated = True
@@ -216,7 +204,7 @@ def _restore_modules():
 
 def _harness(program, tests, report, nonce, _exec=exec, _compile=compile, _fork=os.fork,
              _waitpid=os.waitpid, _write=os.write, _exit=os._exit, _getpid=os.getpid,
-             _getppid=os.getppid, _BaseException=BaseException,
+             _getppid=os.getppid, _sleep=time.sleep, _OSError=OSError, _BaseException=BaseException,
              _MemoryError=MemoryError, _isinstance=isinstance, _dict=dict, _str=str,
              _restore=_restore_modules, _describe=_describe, _builtins=_BUILTINS,
              _names=_BUILTIN_NAMES, _wifsignaled=os.WIFSIGNALED, _wtermsig=os.WTERMSIG):
@@ -268,12 +256,23 @@ def _harness(program, tests, report, nonce, _exec=exec, _compile=compile, _fork=
         else:
             say('pass', _str(i))
 
+    def fork():  # waits out a passing shortage of processes or memory on the machine (1.3 s at most)
+        for pause in (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, None):
+            try:
+                return _fork()
+            except _OSError as e:
+                if pause is None:
+                    return e
+                _sleep(pause)
+
     for i, c in enumerate(codes):
         if _isinstance(c, _str):
             say('fail', _str(i), 'error', c)
         elif i == len(codes) - 1:  # the last test needs no clean state after it: no fork (saves ~1 ms)
             run_test(i, c)
-        elif (pid := _fork()) == 0:  # T: this test alone, from the state right after the program ran
+        elif _isinstance(pid := fork(), _OSError):  # e.g. the program's own processes fill RLIMIT_NPROC
+            say('fail', _str(i), 'killed', 'cannot fork the test: ' + _describe(pid))
+        elif pid == 0:  # T: this test alone, from the state right after the program ran
             t_pid = _getpid()
             try:
                 run_test(i, c)
@@ -318,8 +317,8 @@ def _lock_down(job, report, out, cwd):
               (resource.RLIMIT_FSIZE, MAX_FILE_MB << 20),
               (resource.RLIMIT_NOFILE, MAX_OPEN_FILES),
               (resource.RLIMIT_CORE, 0)]
-    if _Setup.isolated or _Setup.uid is not None:  # NPROC is per uid: ours alone only then
-        limits.append((resource.RLIMIT_NPROC, MAX_PROCESSES))
+    if _Setup.uid is not None or (_Setup.isolated and _KERNEL >= (5, 14)):  # NPROC counts this run alone:
+        limits.append((resource.RLIMIT_NPROC, MAX_PROCESSES))  # own uid, or own user namespace (5.14+)
     for which, n in limits:
         resource.setrlimit(which, (n, n))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes raise instead of killing
@@ -432,7 +431,7 @@ def _run_job(job):
 
 def _worker_main(slot, path):
     sys.path[:] = path  # the caller's import path minus the project: no project module imports
-    _enter_namespaces(slot)
+    _enter_namespaces(slot == 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller; it closes our stdin
     os.environ.clear()  # what programs will see (the caller started us with nothing else anyway)
     os.environ.update(PATH='/usr/local/bin:/usr/bin:/bin', HOME='/tmp', TMPDIR='/tmp', LANG='C.UTF-8')
@@ -485,10 +484,6 @@ class _Worker:
             [sys.executable, '-S', os.path.abspath(__file__), '--worker', str(slot), json.dumps(path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd='/', start_new_session=True)
 
-    def send(self, msg):
-        self.proc.stdin.write(json.dumps(msg).encode() + b'\n')
-        self.proc.stdin.flush()
-
     def close(self, kill=False):
         if kill:
             self.proc.kill()
@@ -540,7 +535,9 @@ def _run_on_pool(jobs, n_workers, timeout, memory_mb):
     def give_work(wk):
         i = next(todo, None)
         if i is not None:
-            wk.send(dict(program=jobs[i][0], tests=list(jobs[i][1]), timeout=timeout, memory_mb=memory_mb))
+            msg = dict(program=jobs[i][0], tests=list(jobs[i][1]), timeout=timeout, memory_mb=memory_mb)
+            wk.proc.stdin.write(json.dumps(msg).encode() + b'\n')
+            wk.proc.stdin.flush()
             busy[wk.proc.stdout.fileno()] = (wk, i, time.monotonic() + timeout + 30)
 
     for wk in _workers[:n_workers]:

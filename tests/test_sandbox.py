@@ -3,6 +3,8 @@ import itertools
 import math
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -222,6 +224,34 @@ def test_fork_bomb_is_contained():
     assert seen and r.reward == 0.0 and r.status == 'timeout' and time.monotonic() - t < 5
     assert leftovers(marker) == []
     assert run(SORT, SORT_TESTS).status == 'ok'
+
+
+HOLD_PROCESSES = ('import os, time\nfor _ in range(100):  # as many sleeping children as RLIMIT_NPROC allows\n'
+                  '    try:\n        if os.fork() == 0:\n            time.sleep(30)\n    except OSError:\n        break\n')
+
+
+def test_program_holding_all_its_processes_fails_only_the_tests_it_needs_a_fork_for():
+    r = run(HOLD_PROCESSES + SORT, SORT_TESTS[:2], timeout=3.0)  # test 0 runs in a fork, the last one does not
+    assert (r.passed, r.status) == (1, 'killed') and r.error.startswith('test 0: cannot fork the test'), r
+
+
+def test_another_callers_pool_cannot_fail_our_good_programs():
+    # Regression: every caller's pool ran programs as the same uids, and RLIMIT_NPROC counts per uid,
+    # so another process's program holding its processes made our test forks fail (reward 0).
+    marker = f'hp{os.getpid() % 10000}'
+    hog = NAME_ME.format(marker) + HOLD_PROCESSES + 'time.sleep(30)\n'
+    other = subprocess.Popen([sys.executable, '-c', f'import sandbox\nsandbox.run_batch([({hog!r}, [])] * 2, timeout=3)'],
+                             cwd=os.path.dirname(os.path.abspath(sandbox.__file__)))
+    try:
+        t = time.monotonic()
+        while len(leftovers(marker)) < 2 * 60 and time.monotonic() - t < 5:  # both of its workers hold ~64
+            time.sleep(0.02)
+        assert len(leftovers(marker)) >= 2 * 60
+        results = run_batch([(SORT, SORT_TESTS)] * 60, workers=2)
+        assert len(leftovers(marker)) >= 2 * 60  # still holding them when we finished
+        assert [r.status for r in results] == ['ok'] * 60
+    finally:
+        other.wait()
 
 
 def test_files_do_not_survive_a_run():
