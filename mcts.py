@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import sandbox
 import tasks as T
-from model import GPTConfig, ValueModel
+from model import GPTConfig, ValueModel, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # the search (model-free: the policy and the scorer are callables)
@@ -356,11 +356,6 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=print
 # stage vm: the value model (and the ORM: the same, on complete programs only) by MSE on the targets
 
 
-def save_atomic(obj, path):
-    torch.save(obj, path + '.tmp')
-    os.replace(path + '.tmp', path)
-
-
 def load_value_model(path, device):
     ckpt = torch.load(path, map_location=device, weights_only=False)
     vm = ValueModel(GPTConfig(**ckpt['model_args'])).to(device)
@@ -439,7 +434,7 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
         if it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters:
             metrics = dict(iter=it, train_loss=loss.item(), **value_metrics(vm, enc, val))
             history.append(metrics)
-            save_atomic(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(),
+            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(),
                              model_args=asdict(vm.gpt.config), iter_num=it, config=vars(cfg), history=history,
                              done=it == cfg.vm_iters, metrics=metrics), out_path)
             log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
@@ -467,7 +462,7 @@ def main(argv):
              if t['task_id'] == args.task]
     if not found:
         raise SystemExit(f"task '{args.task}' is in none of {cfg.data_dir}/rl.jsonl, test.jsonl, sft.jsonl")
-    ckpt = args.ckpt or next((p for p in (os.path.join(cfg.out_dir, f'rl_{cfg.method}.pt'),
+    ckpt = args.ckpt or next((p for p in (os.path.join(cfg.out_dir, f"rl_{cfg.method.split(',')[0]}.pt"),
                                           os.path.join(cfg.out_dir, 'sft.pt')) if os.path.exists(p)), None)
     if ckpt is None:
         raise SystemExit(f"no policy checkpoint in {cfg.out_dir}; train one (python train.py) or pass --ckpt")

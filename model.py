@@ -12,6 +12,7 @@ The policy and the value model: a small GPT in the style of nanoGPT, plus what R
 
 import inspect
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -298,3 +299,12 @@ class ValueModel(nn.Module):
     def forward(self, idx):
         """Values (B, T); with right padding, row b's value is out[b, length_b - 1] (attention is causal)."""
         return torch.sigmoid(self.head(self.gpt.hidden(idx)).squeeze(-1).float())
+
+
+def save_checkpoint(obj, path):
+    """torch.save to path + '.tmp', then rename: a crash while writing never leaves a broken checkpoint."""
+    try:
+        torch.save(obj, path + '.tmp')
+        os.replace(path + '.tmp', path)
+    except OSError as e:  # a full disk, say: stop with the reason; the previous checkpoint is intact
+        raise SystemExit(f"could not write checkpoint {path}: {e}. The previous checkpoint is intact.")

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import sandbox
 import tasks as T
+from model import save_checkpoint
 
 METHODS = ('rest_grpo', 'grpo', 'rest_dpo')
 
@@ -343,11 +344,9 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, out_dir, device, method, lo
                                          cfg.max_new_tokens, cfg.eval_batch_size)
 
     def checkpoint(it):
-        tmp = path + '.tmp'  # atomic: a crash while writing leaves the previous checkpoint intact
-        torch.save(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it, method=method,
-                        model_args=asdict(policy.config), pool=pool.state_dict(), history=history, config=vars(cfg)),
-                   tmp)
-        os.replace(tmp, path)
+        save_checkpoint(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it, method=method,
+                             model_args=asdict(policy.config), pool=pool.state_dict(), history=history,
+                             config=vars(cfg)), path)
 
     if not history:  # iteration 0: the starting policy
         ev = evaluate()

@@ -32,13 +32,13 @@ import decode
 import mcts
 import restrl
 import tasks as T
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # default config: the whole pipeline in about 20 minutes on 2 CPU cores
 out_dir = 'out'
 stage = 'all'            # all | data | sft | rl | mcts | vm | decode
-method = 'rest_grpo'     # RL method: rest_grpo | grpo | rest_dpo
+method = 'rest_grpo'     # RL method: rest_grpo | grpo | rest_dpo, or several 'rest_grpo,grpo' (the first is kept)
 seed = 1337
 device = 'auto'          # auto picks cuda, then mps, then cpu
 dtype = 'float32'        # float32 | bfloat16 (autocast, cuda only)
@@ -59,11 +59,12 @@ sft_weight_decay = 0.1
 sft_eval_interval = 250  # greedy pass@1 on eval_tasks test tasks, and a checkpoint
 grad_clip = 1.0
 # evaluation (greedy pass@1 through the sandbox)
-eval_tasks = 600         # test tasks used for the periodic evaluations (0 = all); final evals use all
+eval_tasks = 600         # test tasks (spread over difficulties) for the periodic evaluations (0 = all)
+final_eval_tasks = 0     # test tasks for the SFT model's final evaluation (0 = all)
 eval_batch_size = 256
 max_new_tokens = 128     # longest completion sampled anywhere
 # RL (restrl.py): ReST-GRPO, naive GRPO, ReST-DPO
-rl_iters = 30            # RL iterations (one batch of groups, rl_inner_steps optimizer steps each)
+rl_iters = 20            # RL iterations (one batch of groups, rl_inner_steps optimizer steps each)
 rl_lr = 5e-5             # DESIGN 4: 3e-4 collapsed the policy, 5e-5 was stable
 rl_weight_decay = 0.0
 rl_batch_groups = 32     # groups per batch, and states drawn per sampling round
@@ -98,8 +99,8 @@ mcts_puct = False        # PUCT with the policy prior instead of the official UC
 mcts_line_tokens = 32    # most tokens in one line
 mcts_temperature = 0.7   # sampling temperature of expansions, rollouts and best-of-N
 mcts_batch_tasks = 32    # searches advanced in lock-step (one policy call for all their leaves)
-mcts_collect_iters = 100 # search iterations per rl task when collecting (official)
-mcts_collect_tasks = 400 # rl tasks searched, spread over difficulties (0 = all)
+mcts_collect_iters = 50  # search iterations per rl task when collecting (official: 100)
+mcts_collect_tasks = 256 # rl tasks searched, spread over difficulties (0 = all)
 # value model and ORM (mcts.py)
 vm_iters = 500           # optimizer steps (the ORM gets the same number and batch size)
 vm_batch_size = 64
@@ -108,9 +109,9 @@ vm_val_frac = 0.1        # share of tasks whose pairs are held out for validatio
 vm_visit_weight = False  # weight the MSE by node visits
 vm_eval_interval = 250   # validate and checkpoint every N steps
 # decoding comparison (decode.py)
-decode_budgets = '256,512,1024'  # generated-token budgets per task
-decode_seeds = 3
-decode_tasks = 300       # test tasks, spread over difficulties (0 = all)
+decode_budgets = '256,512'  # generated-token budgets per task
+decode_seeds = 1         # config/repro.py: 3
+decode_tasks = 200       # test tasks, spread over difficulties (0 = all)
 decode_max_iters = 1000  # safety cap on search iterations: the token budget is what binds
 decode_reserve = 64      # tokens kept back for a greedy finish while no complete program is found
 # -----------------------------------------------------------------------------
@@ -156,8 +157,9 @@ def configure(argv, defaults=DEFAULTS):
             setkey(key, value, arg)
     if config['stage'] not in ['all'] + STAGES:
         raise ConfigError(f"key 'stage' must be one of all, {', '.join(STAGES)}; got '{config['stage']}'")
-    if config['method'] not in ('rest_grpo', 'grpo', 'rest_dpo'):
-        raise ConfigError(f"key 'method' must be rest_grpo, grpo or rest_dpo; got '{config['method']}'")
+    if not set(config['method'].split(',')) <= {'rest_grpo', 'grpo', 'rest_dpo'}:
+        raise ConfigError(f"key 'method' must be rest_grpo, grpo or rest_dpo (or a comma-separated list of "
+                          f"them); got '{config['method']}'")
     return config
 
 
@@ -169,16 +171,6 @@ def pick_device(name):
     if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
         return 'mps'
     return 'cpu'
-
-
-def save_checkpoint(obj, path):
-    """Atomic: a crash while writing never leaves a half-written checkpoint behind."""
-    tmp = path + '.tmp'
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SystemExit(f"could not write checkpoint {path}: {e}. The previous checkpoint is intact.")
 
 
 def load_policy(path, device):
@@ -276,8 +268,9 @@ def run_sft(cfg, enc, sft_tasks, test_tasks, log=print):
                 f"{tokens_seen / dt:.0f} target tok/s, {left / 60:.1f} min left")
             checkpoint(done=False)
     bar.close()
-    ev = T.evaluate_greedy(model, enc, test_tasks, dev, cfg.max_new_tokens, cfg.eval_batch_size)
-    log(f"sft: greedy pass@1 {ev['pass1']:.3f} on all {ev['n']} test tasks; by difficulty "
+    ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.final_eval_tasks), dev, cfg.max_new_tokens,
+                           cfg.eval_batch_size)
+    log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks; by difficulty "
         + ", ".join(f"{d}: {p:.2f}" for d, p in sorted(ev['by_difficulty'].items())))
     checkpoint(done=True, eval_result=ev)
     return model, ev
@@ -286,8 +279,8 @@ def run_sft(cfg, enc, sft_tasks, test_tasks, log=print):
 # -----------------------------------------------------------------------------
 
 def final_policy(cfg):
-    """The policy the later stages use: the RL model of cfg.method if that stage ran, else the SFT model."""
-    for name in (f'rl_{cfg.method}.pt', 'sft.pt'):
+    """The policy the later stages use: the RL model of the (first) method if it ran, else the SFT model."""
+    for name in (f"rl_{cfg.method.split(',')[0]}.pt", 'sft.pt'):
         path = os.path.join(cfg.out_dir, name)
         if os.path.exists(path):
             return load_policy(path, cfg.device)[0].eval(), name
@@ -345,15 +338,16 @@ def main(argv):
         sft_ckpt = os.path.join(cfg.out_dir, 'sft.pt')
         if not os.path.exists(sft_ckpt):
             raise SystemExit(f"rl starts from the SFT model, and {sft_ckpt} does not exist: run --stage=sft first")
-        policy, _ = load_policy(sft_ckpt, cfg.device)
-        history = restrl.train_rl(cfg, policy, enc, splits['rl'], splits['test'], cfg.out_dir, cfg.device,
-                                  cfg.method)
-        evals = [h for h in history if 'test_pass1' in h]
-        results.setdefault('train', {})[cfg.method] = dict(
-            test_pass1=evals[-1]['test_pass1'], by_difficulty=evals[-1]['test_by_difficulty'],
-            test_pass1_curve=[(h['iter'], h['test_pass1']) for h in evals],
-            effective_group_frac=[h['effective_group_frac'] for h in history[1:]],
-            tokens_sampled=history[-1]['tokens_sampled'], iterations=history[-1]['iter'])
+        for method in cfg.method.split(','):  # every method starts from the same SFT model
+            policy, _ = load_policy(sft_ckpt, cfg.device)
+            history = restrl.train_rl(cfg, policy, enc, splits['rl'], splits['test'], cfg.out_dir, cfg.device,
+                                      method)
+            evals = [h for h in history if 'test_pass1' in h]
+            results.setdefault('train', {})[method] = dict(
+                test_pass1=evals[-1]['test_pass1'], by_difficulty=evals[-1]['test_by_difficulty'],
+                test_pass1_curve=[(h['iter'], h['tokens_sampled'], h['test_pass1']) for h in evals],
+                effective_group_frac=[h['effective_group_frac'] for h in history[1:]],
+                tokens_sampled=history[-1]['tokens_sampled'], iterations=history[-1]['iter'])
     if {'mcts', 'vm', 'decode'} & set(todo):
         policy, name = final_policy(cfg)
         print(f"search stages use the policy in {name}")
@@ -371,6 +365,7 @@ def main(argv):
         if os.path.exists(path):
             print(f"decode: complete in {path}, skipping")
             out = json.load(open(path))
+            out['summary'] = {m: {int(b): v for b, v in per.items()} for m, per in out['summary'].items()}  # JSON keys
         else:
             vm, orm = (mcts.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
             out = decode.decode_compare(cfg, policy, vm, orm, enc, splits['test'], cfg.device)

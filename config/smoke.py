@@ -20,3 +20,4 @@ vm_eval_interval = 10
 decode_budgets = '128,256'
 decode_seeds = 1
 decode_tasks = 16
+final_eval_tasks = 64
