@@ -221,6 +221,9 @@ def run_sft(cfg, enc, sft_tasks, test_tasks, log=print):
     it, history = 0, []
     if os.path.exists(path):
         ckpt = torch.load(path, map_location=dev, weights_only=False)
+        differ = [f"{k}={ckpt['model_args'][k]} (this run: {v})" for k, v in model_args.items() if ckpt['model_args'][k] != v]
+        if differ:  # another run's out_dir: stop before touching it
+            raise SystemExit(f"{path} holds a model with {', '.join(differ)}; use another --out_dir or delete it")
         if ckpt.get('done'):
             log(f"sft: complete in {path}, skipping")
             model.load_state_dict(ckpt['model'])

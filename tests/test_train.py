@@ -90,3 +90,14 @@ def test_interrupted_sft_resumes_to_identical_weights(tmp_path, monkeypatch):
     # and a third call finds the stage complete and loads it instead of training again
     model_c, _ = train.run_sft(resumed, enc, sft, test, log=quiet)
     assert all(torch.equal(a, b) for a, b in zip(model_b.state_dict().values(), model_c.state_dict().values()))
+
+
+def test_out_dir_of_another_model_is_refused(tmp_path, monkeypatch):
+    enc = T.get_tokenizer()
+    sft = T.load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:16]
+    monkeypatch.setattr(T, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'n': 0})
+    cfg = _tiny_cfg(str(tmp_path), sft_iters=4)
+    train.run_sft(cfg, enc, sft, sft, log=lambda *a: None)
+    bigger = _tiny_cfg(str(tmp_path), sft_iters=4, n_embd=64)
+    with pytest.raises(SystemExit, match=r"n_embd=32 \(this run: 64\)"):
+        train.run_sft(bigger, enc, sft, sft, log=lambda *a: None)
