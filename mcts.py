@@ -419,7 +419,7 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
     w = torch.tensor([float(p['visits']) if cfg.vm_visit_weight else 1.0 for p in train], device=device)
     pad = enc.encode_single_token('<|pad|>')
     log(f"{name}: {len(train)} training pairs, {len(val)} validation pairs ({len(val_ids)} held-out tasks)")
-    while it < cfg.vm_iters:
+    while it < cfg.vm_iters or not metrics:  # the second test closes a run resumed past a lowered vm_iters
         vm.train()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)  # batches depend on (seed, iteration) only
         ix = torch.randint(len(seqs), (cfg.vm_batch_size,), generator=g).tolist()
@@ -431,12 +431,12 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
         torch.nn.utils.clip_grad_norm_(vm.parameters(), cfg.grad_clip)
         optimizer.step()
         it += 1
-        if it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters:
+        if it % cfg.vm_eval_interval == 0 or it >= cfg.vm_iters:
             metrics = dict(iter=it, train_loss=loss.item(), **value_metrics(vm, enc, val))
             history.append(metrics)
             save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(),
-                             model_args=asdict(vm.gpt.config), iter_num=it, config=vars(cfg), history=history,
-                             done=it == cfg.vm_iters, metrics=metrics), out_path)
+                                 model_args=asdict(vm.gpt.config), iter_num=it, config=vars(cfg), history=history,
+                                 done=it >= cfg.vm_iters, metrics=metrics), out_path)
             log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return metrics
 

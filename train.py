@@ -102,12 +102,12 @@ mcts_batch_tasks = 32    # searches advanced in lock-step (one policy call for a
 mcts_collect_iters = 50  # search iterations per rl task when collecting (official: 100)
 mcts_collect_tasks = 256 # rl tasks searched, spread over difficulties (0 = all)
 # value model and ORM (mcts.py)
-vm_iters = 500           # optimizer steps (the ORM gets the same number and batch size)
-vm_batch_size = 64
+vm_iters = 200           # optimizer steps (the ORM gets the same number and batch size); more overfits
+vm_batch_size = 32
 vm_lr = 3e-4
 vm_val_frac = 0.1        # share of tasks whose pairs are held out for validation
 vm_visit_weight = False  # weight the MSE by node visits
-vm_eval_interval = 250   # validate and checkpoint every N steps
+vm_eval_interval = 100   # validate and checkpoint every N steps
 # decoding comparison (decode.py)
 decode_budgets = '256,512'  # generated-token budgets per task
 decode_seeds = 1         # config/repro.py: 3
