@@ -51,7 +51,7 @@ block_size = 384
 dropout = 0.0
 bias = False
 # SFT warm start
-sft_iters = 1000
+sft_iters = 800          # calibrated: 52% greedy pass@1 (1000 steps: 79%)
 sft_batch_size = 32
 sft_lr = 2e-3            # peak learning rate, cosine decay to sft_lr / 10
 sft_warmup_iters = 50
