@@ -23,7 +23,7 @@ METHODS = ('greedy', 'bon_orm', 'prm_min', 'prm_last', 'orm_mcts', 'vm_mcts')
 def sample_programs(policy, enc, tasks, budget, max_tokens, temperature, stats, gen):
     """Best-of-N draws under a budget: per task as many samples as fit at max_tokens each, then again
     with what is left. Returns per task [(solution, complete)] and the tokens it used."""
-    eot, pad = enc.eot_token, enc.encode_single_token('<|pad|>')
+    eot, pad = enc.eot_token, T.pad_id(enc)
     prompts = [enc.encode_ordinary(t['prompt']) for t in tasks]
     programs, used = [[] for _ in tasks], [0] * len(tasks)
     while any(ns := [(budget - u) // max_tokens for u in used]):
@@ -34,7 +34,7 @@ def sample_programs(policy, enc, tasks, budget, max_tokens, temperature, stats, 
         for i, r in enumerate(rows):
             for ids, _, stopped in r:
                 used[i] += len(ids)
-                programs[i].append((enc.decode(ids[:-1] if stopped else ids), stopped))
+                programs[i].append((T.completion_text(enc, ids), stopped))
     return programs, used
 
 
@@ -48,7 +48,7 @@ def step_scores(vm, enc, tasks, programs):
         p, s = enc.encode_ordinary(task['prompt']), enc.encode_ordinary(sol) + ([enc.eot_token] if complete else [])
         seqs.append((p + s)[-block:])
         starts.append(max(len(p) - max(len(p) + len(s) - block, 0), 0))  # where the solution starts after cropping
-    vals, idx, lengths = value_at_positions(vm.eval(), seqs, enc.encode_single_token('<|pad|>'))
+    vals, idx, lengths = value_at_positions(vm.eval(), seqs, T.pad_id(enc))
     pos = torch.arange(idx.size(1), device=idx.device)[None, :]  # (1, T)
     start = torch.tensor(starts, device=idx.device)[:, None]
     last = pos == lengths[:, None] - 1
@@ -78,14 +78,14 @@ def mcts_answers(cfg, policy, model, enc, tasks, budget, stats, gen):
             while node.children:
                 node = max(node.children, key=lambda ch: ch.value())
             todo.append((i, node.text))
-    eot, pad = enc.eot_token, enc.encode_single_token('<|pad|>')
+    eot, pad = enc.eot_token, T.pad_id(enc)
     rows = sample_groups(policy, [enc.encode_ordinary(tasks[i]['prompt'] + text) for i, text in todo],
                          [1] * len(todo), [trees[i].budget - trees[i].tokens for i, _ in todo], stats,
                          temperature=0.0, stop_ids=(eot,), pad_id=pad)
     for (i, text), r in zip(todo, rows):
         ids = r[0][0] if r else []
         trees[i].tokens += len(ids)
-        answers[i] = text + enc.decode([t for t in ids if t != eot])
+        answers[i] = text + T.completion_text(enc, ids)
     return answers, [t.tokens for t in trees]
 
 
@@ -116,11 +116,11 @@ def answers_for_chunk(cfg, policy, vm, orm, enc, tasks, budget, gen):
 
 
 def greedy_answers(cfg, policy, enc, tasks):
-    eot, pad = enc.eot_token, enc.encode_single_token('<|pad|>')
+    eot, pad = enc.eot_token, T.pad_id(enc)
     rows = sample_groups(policy, [enc.encode_ordinary(t['prompt']) for t in tasks], [1] * len(tasks),
                          cfg.max_new_tokens, {}, temperature=0.0, stop_ids=(eot,), pad_id=pad)
     ids = [r[0][0] if r else [] for r in rows]
-    return [enc.decode([t for t in x if t != eot]) for x in ids], [len(x) for x in ids]
+    return [T.completion_text(enc, x) for x in ids], [len(x) for x in ids]
 
 
 def grade(tasks, answers):

@@ -228,13 +228,13 @@ def policy_expander(policy, enc, line_tokens, temperature, stats, generator=None
     """expand(states, ns): sample ns[i] next lines of each state (stop at '\\n' or end of solution).
     A line is terminal if it ended with the end-of-solution token (the program is complete); a sample
     cut at line_tokens is no line and is dropped. prior = pi(line) = exp(sum of its token log-probs)."""
-    newline, eot, pad = enc.encode_single_token('\n'), enc.eot_token, enc.encode_single_token('<|pad|>')
+    newline, eot, pad = enc.encode_single_token('\n'), enc.eot_token, T.pad_id(enc)
 
     def expand(states, ns):
         prompts = [enc.encode_ordinary(s) for s in states]
         rows = sample_groups(policy, prompts, ns, line_tokens, stats, temperature=temperature,
                              stop_ids=(newline, eot), pad_id=pad, generator=generator)
-        return [([(enc.decode(ids[:-1] if ids[-1] == eot else ids), math.exp(logp), ids[-1] == eot)
+        return [([(T.completion_text(enc, ids), math.exp(logp), ids[-1] == eot)
                   for ids, logp, stopped in r if stopped], sum(len(ids) for ids, _, _ in r)) for r in rows]
     return expand
 
@@ -242,7 +242,7 @@ def policy_expander(policy, enc, line_tokens, temperature, stats, generator=None
 def rollout_scorer(policy, enc, max_tokens, temperature, stats, generator=None):
     """evaluate(jobs) for collecting: a complete program is run as it is; a partial one is completed by
     one policy rollout first. Value = fraction of the task's hidden tests passed (sandbox)."""
-    eot, pad = enc.eot_token, enc.encode_single_token('<|pad|>')
+    eot, pad = enc.eot_token, T.pad_id(enc)
 
     def evaluate(jobs):
         todo = [i for i, (_, _, complete) in enumerate(jobs) if not complete]
@@ -252,7 +252,7 @@ def rollout_scorer(policy, enc, max_tokens, temperature, stats, generator=None):
         solutions, tokens, rollouts = [text for _, text, _ in jobs], [0] * len(jobs), [None] * len(jobs)
         for i, r in zip(todo, rows):
             ids, _, stopped = r[0] if r else ([], 0.0, False)
-            solutions[i] = jobs[i][1] + enc.decode(ids[:-1] if stopped else ids)
+            solutions[i] = jobs[i][1] + T.completion_text(enc, ids)
             tokens[i], rollouts[i] = len(ids), (solutions[i] if stopped else None)  # only finished ones are programs
         results = sandbox.run_batch([(task['prompt'] + sol, task['tests'])
                                      for (task, _, _), sol in zip(jobs, solutions)])
@@ -285,7 +285,7 @@ def value_at_positions(vm, seqs, pad_id, batch_size=256):
 
 def value_scorer(vm, enc):
     """evaluate(jobs) for decoding: V(prompt + text [+ end token]) from one VM forward for all jobs."""
-    pad = enc.encode_single_token('<|pad|>')
+    pad = T.pad_id(enc)
 
     def evaluate(jobs):
         seqs = [encode_state(enc, task['prompt'] + text, complete, vm.gpt.config.block_size)
@@ -373,7 +373,7 @@ def value_metrics(vm, enc, pairs, prefix='val_'):
     if not pairs:
         return {}
     seqs = [encode_state(enc, p['state'], p['complete'], vm.gpt.config.block_size) for p in pairs]
-    vals, _, lengths = value_at_positions(vm.eval(), seqs, enc.encode_single_token('<|pad|>'))
+    vals, _, lengths = value_at_positions(vm.eval(), seqs, T.pad_id(enc))
     v = vals[torch.arange(len(seqs)), lengths - 1].cpu()
     y = torch.tensor([float(p['value']) for p in pairs])
     complete = torch.tensor([bool(p['complete']) for p in pairs])
@@ -417,7 +417,7 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
     seqs = [encode_state(enc, p['state'], p['complete'], policy.config.block_size) for p in train]
     y = torch.tensor([float(p['value']) for p in train], device=device)
     w = torch.tensor([float(p['visits']) if cfg.vm_visit_weight else 1.0 for p in train], device=device)
-    pad = enc.encode_single_token('<|pad|>')
+    pad = T.pad_id(enc)
     log(f"{name}: {len(train)} training pairs, {len(val)} validation pairs ({len(val_ids)} held-out tasks)")
     while it < cfg.vm_iters or not metrics:  # the second test closes a run resumed past a lowered vm_iters
         vm.train()

@@ -148,11 +148,11 @@ def rollout(policy, enc, states, G, cfg, generator=None):
     t0 = time.time()
     policy.eval()
     s = policy.sample([st['ids'] for st in states], n=G, max_new_tokens=cfg.max_new_tokens,
-                      temperature=cfg.rl_temperature, stop_ids=(enc.eot_token,), pad_id=pad_id(enc),
+                      temperature=cfg.rl_temperature, stop_ids=(enc.eot_token,), pad_id=T.pad_id(enc),
                       generator=generator)
     rows, stopped = s.rows(), s.stopped.tolist()
     logps = [lp[m].cpu() for lp, m in zip(s.logp, s.mask)]
-    texts = [enc.decode(r[:-1] if stop else r) for r, stop in zip(rows, stopped)]  # the end token is not code
+    texts = [T.completion_text(enc, r) for r in rows]  # the end token is not code
     t1 = time.time()
     jobs = [(states[i // G]['text'] + texts[i], states[i // G]['task']['tests']) for i in range(len(rows))]
     results = sandbox.run_batch(jobs, timeout=cfg.rl_timeout)  # a crash or a hang is a Result, reward 0
@@ -166,10 +166,6 @@ def rollout(policy, enc, states, G, cfg, generator=None):
     info = dict(t_sample=t1 - t0, t_score=t2 - t1, tokens=sum(len(r) for r in rows),
                 truncated=len(rows) - sum(stopped))
     return groups, info
-
-
-def pad_id(enc):
-    return enc.encode_single_token('<|pad|>')
 
 
 def make_state(task_idx, partial, rl_tasks, enc):
@@ -353,7 +349,7 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, out_dir, device, method, lo
         history.append(dict(iter=0, tokens_sampled=0, wall_total=0.0, test_pass1=ev['pass1'],
                             test_by_difficulty=ev['by_difficulty']))
         log(f"rl {method}: start, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks")
-    pad, ctx = pad_id(enc), _autocast(cfg)
+    pad, ctx = T.pad_id(enc), _autocast(cfg)
     bar = tqdm(total=cfg.rl_iters, initial=it0, desc=f'rl {method}', dynamic_ncols=True)
     for it in range(it0, cfg.rl_iters):
         if cfg.rl_token_budget and history[-1]['tokens_sampled'] >= cfg.rl_token_budget:

@@ -167,6 +167,10 @@ def spread(task_list, n):
     return [task_list[i * len(task_list) // n] for i in range(n)]
 
 
+def pad_id(enc):
+    return enc.encode_single_token('<|pad|>')
+
+
 def completion_text(enc, ids):
     """Generated ids -> code: special tokens (end of solution, padding) are not code."""
     return enc.decode([i for i in ids if i < enc.eot_token])
@@ -185,7 +189,7 @@ def evaluate_greedy(model, enc, task_list, device, max_new_tokens=128, batch_siz
     for i in range(0, len(task_list), batch_size):
         chunk = task_list[i:i + batch_size]
         s = model.sample([enc.encode_ordinary(t['prompt']) for t in chunk], n=1, max_new_tokens=max_new_tokens,
-                         temperature=0, stop_ids=(enc.eot_token,), pad_id=enc.encode_single_token('<|pad|>'))
+                         temperature=0, stop_ids=(enc.eot_token,), pad_id=pad_id(enc))
         programs += [t['prompt'] + completion_text(enc, row) for t, row in zip(chunk, s.rows())]
     model.train(was_training)
     results = sandbox.run_batch([(p, t['tests']) for p, t in zip(programs, task_list)])

@@ -329,7 +329,7 @@ def main(argv):
         splits = {name: T.load_tasks(os.path.join(cfg.data_dir, f'{name}.jsonl')) for name in ('sft', 'rl', 'test')}
     except (OSError, ValueError) as e:
         raise SystemExit(f"data error: {e}")
-    print(f"data: " + ", ".join(f"{k} {len(v)} tasks" for k, v in splits.items()) + f"; vocab {enc.n_vocab}; "
+    print("data: " + ", ".join(f"{k} {len(v)} tasks" for k, v in splits.items()) + f"; vocab {enc.n_vocab}; "
           f"device {cfg.device}")
     todo = STAGES if cfg.stage == 'all' else [cfg.stage]
     results = read_results(cfg)
