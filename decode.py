@@ -14,10 +14,11 @@ import torch
 
 import sandbox
 import tasks as T
+from report import fmt, mean_se
 from mcts import (Tree, best_program, policy_expander, run_search, sample_groups, search_params,
                   value_at_positions, value_scorer)
 
-METHODS = ('greedy', 'bon_orm', 'prm_min', 'prm_last', 'orm_mcts', 'vm_mcts')
+METHODS = ('greedy', 'bon_orm', 'prm', 'prm_last', 'orm_mcts', 'vm_mcts')  # prm: min over steps
 
 
 def sample_programs(policy, enc, tasks, budget, max_tokens, temperature, stats, gen):
@@ -68,7 +69,7 @@ def pick(programs, scores):
 def mcts_answers(cfg, policy, model, enc, tasks, budget, stats, gen):
     """The search with `model` (VM or ORM) scoring the leaves; the answer is the complete program it scored
     highest. A search that found none finishes greedily from its best-valued node with its reserve."""
-    expand = policy_expander(policy, enc, cfg.mcts_line_tokens, cfg.mcts_temperature, stats, gen)
+    expand = policy_expander(policy, enc, cfg.mcts_line_tokens, cfg.decode_temperature, stats, gen)
     trees = run_search([Tree(t, budget) for t in tasks], expand, value_scorer(model, enc),
                        iterations=cfg.decode_max_iters, reserve=cfg.decode_reserve, **search_params(cfg, decode=True))
     answers, todo = [best_program(t) for t in trees], []
@@ -93,7 +94,7 @@ def answers_for_chunk(cfg, policy, vm, orm, enc, tasks, budget, gen):
     """Every budgeted method's answers on a chunk of tasks: {method: (answers, tokens per task, seconds)}."""
     out, stats = {}, {}
     t0 = time.time()
-    programs, used = sample_programs(policy, enc, tasks, budget, cfg.max_new_tokens, cfg.mcts_temperature, stats, gen)
+    programs, used = sample_programs(policy, enc, tasks, budget, cfg.max_new_tokens, cfg.decode_temperature, stats, gen)
     t_sample = time.time() - t0
     flat = [(t, p) for t, ps in zip(tasks, programs) for p in ps]
     t0 = time.time()
@@ -102,7 +103,7 @@ def answers_for_chunk(cfg, policy, vm, orm, enc, tasks, budget, gen):
     t0 = time.time()
     prm = step_scores(vm, enc, [t for t, _ in flat], [p for _, p in flat]) if flat else []
     t_prm = time.time() - t0
-    for name, scores, secs in (('bon_orm', orm_scores, t_orm), ('prm_min', [m for m, _ in prm], t_prm),
+    for name, scores, secs in (('bon_orm', orm_scores, t_orm), ('prm', [m for m, _ in prm], t_prm),
                                ('prm_last', [l for _, l in prm], t_prm)):
         it, answers = iter(scores), []
         for ps in programs:
@@ -130,7 +131,7 @@ def grade(tasks, answers):
 
 
 def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
-    """pass@1 of every method at every budget (decode_budgets, tokens per task) and seed (decode_seeds)
+    """pass@1 of every method at every budget (decode_budgets, tokens per task) and seed (seeds: seed, seed+1, ...)
     on decode_tasks test tasks spread over the split.
     Returns {'unit', 'rows': one per (method, budget, seed), 'summary': see summarise}."""
     tasks = T.spread(test_tasks, cfg.decode_tasks)
@@ -156,8 +157,8 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
         answers, tokens = answers + a, tokens + n
     record('greedy', 0, 0, answers, tokens, time.time() - t0)
     for budget in budgets:
-        for seed in range(cfg.decode_seeds):
-            gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * seed + budget)
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+            gen = torch.Generator(device=device).manual_seed(1000 * seed + budget)
             acc = {m: ([], [], 0.0) for m in METHODS[1:]}
             for i in range(0, len(tasks), B):
                 for m, (a, n, s) in answers_for_chunk(cfg, policy, vm, orm, enc, tasks[i:i + B], budget, gen).items():
@@ -168,28 +169,16 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
 
 
 def summarise(rows):
-    """{method: {budget: {pass1, pass1_std (over seeds), tokens, by_difficulty}}}."""
+    """{method: {budget: {pass1, pass1_se (standard error over seeds), tokens, seeds, by_difficulty}}}."""
     out = {}
     for r in rows:
         out.setdefault(r['method'], {}).setdefault(r['budget'], []).append(r)
     for m, per_budget in out.items():
         for b, rs in per_budget.items():
-            p = torch.tensor([r['pass1'] for r in rs])
-            per_budget[b] = dict(pass1=p.mean().item(), pass1_std=p.std().item() if len(rs) > 1 else 0.0,
+            pass1, se = mean_se([r['pass1'] for r in rs])
+            per_budget[b] = dict(pass1=pass1, pass1_se=se,
                                  tokens=sum(r['tokens'] for r in rs) / len(rs), seeds=len(rs),
                                  by_difficulty={d: sum(r['by_difficulty'][d] for r in rs) / len(rs)
                                                 for d in rs[0]['by_difficulty']})
     return out
 
-
-def format_table(results):
-    """Markdown: one row per method, one column per budget, pass@1 +- std over seeds (mean tokens used)."""
-    summary = results['summary']
-    budgets = sorted({b for per in summary.values() for b in per if b})
-    lines = ['| method | ' + ' | '.join(f'budget {b}' for b in budgets) + ' |', '|---' * (len(budgets) + 1) + '|']
-    for m in METHODS:
-        if m in summary:
-            cells = [summary[m].get(b) or summary[m].get(0) for b in budgets]
-            lines.append(f'| {m} | ' + ' | '.join(f"{c['pass1']:.3f} ± {c['pass1_std']:.3f} ({c['tokens']:.0f})"
-                                                   for c in cells) + ' |')
-    return '\n'.join(lines)

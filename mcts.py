@@ -395,8 +395,11 @@ def held_out_tasks(pairs, frac, seed):
 def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=False, log=print):
     """V(s) = sigmoid head on the policy trunk, MSE to the targets (visit-weighted if vm_visit_weight).
     Validation pairs are those of held-out tasks (vm_val_frac). only_complete=True trains the ORM: the
-    same model, steps and batch size (so the same number of examples), on complete programs only."""
+    same model, steps and batch size (so the same number of examples), on complete programs only.
+    Keeps the weights of the validation step with the lowest MSE (on complete programs for the ORM, the
+    states it will score): with few targets the head overfits long before vm_iters."""
     name = 'orm' if only_complete else 'vm'
+    select = 'val_mse_complete' if only_complete else 'val_mse'
     val_ids = held_out_tasks(pairs, cfg.vm_val_frac, cfg.seed)
     train = [p for p in pairs if p['task_id'] not in val_ids and (p['complete'] or not only_complete)]
     val = [p for p in pairs if p['task_id'] in val_ids]
@@ -404,7 +407,7 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
         raise ValueError(f"{name}: no training pairs ({len(pairs)} pairs given, only_complete={only_complete})")
     vm = ValueModel.from_policy(policy).to(device)
     optimizer = torch.optim.AdamW(vm.parameters(), lr=cfg.vm_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    it, history, metrics = 0, [], {}
+    it, history, metrics, best = 0, [], {}, None
     if os.path.exists(out_path):
         ckpt = torch.load(out_path, map_location=device, weights_only=False)
         vm.load_state_dict(ckpt['model'])
@@ -412,7 +415,7 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
             log(f"{name}: complete in {out_path}, skipping")
             return ckpt['metrics']
         optimizer.load_state_dict(ckpt['optimizer'])
-        it, history = ckpt['iter_num'], ckpt['history']
+        it, history, best = ckpt['iter_num'], ckpt['history'], ckpt['best']
         log(f"{name}: resuming from iteration {it}")
     seqs = [encode_state(enc, p['state'], p['complete'], policy.config.block_size) for p in train]
     y = torch.tensor([float(p['value']) for p in train], device=device)
@@ -434,10 +437,18 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
         if it % cfg.vm_eval_interval == 0 or it >= cfg.vm_iters:
             metrics = dict(iter=it, train_loss=loss.item(), **value_metrics(vm, enc, val))
             history.append(metrics)
-            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(),
+            if best is None or metrics.get(select, 0) <= best['metrics'].get(select, 0):  # no validation: the last
+                best = dict(metrics=metrics, model={k: v.clone() for k, v in vm.state_dict().items()})
+            done = it >= cfg.vm_iters
+            if done:  # the finished checkpoint holds the best step's weights, and its metrics
+                vm.load_state_dict(best['model'])
+                metrics = dict(best['metrics'], iters_trained=it)
+            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=best,
                                  model_args=asdict(vm.gpt.config), iter_num=it, config=vars(cfg), history=history,
-                                 done=it >= cfg.vm_iters, metrics=metrics), out_path)
-            log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+                                 done=done, metrics=metrics), out_path)
+            log(f"{name} iter {it}: "
+                + ', '.join(f"{k} {v:.4f}" for k, v in history[-1].items() if isinstance(v, float))
+                + (f"; keeping step {best['metrics']['iter']}" if done else ''))
     return metrics
 
 
@@ -451,7 +462,7 @@ def main(argv):
     ap = argparse.ArgumentParser(description="Run one MCTS on one task and print the tree; other --key=value "
                                  "arguments are train.py config overrides (e.g. --mcts_collect_iters=30).")
     ap.add_argument('--task', required=True, help='a task_id of the sft, rl or test split')
-    ap.add_argument('--ckpt', help='policy checkpoint (default: out_dir/rl_<method>.pt, else out_dir/sft.pt)')
+    ap.add_argument('--ckpt', help='policy checkpoint (default: out_dir/rl_<method>_seed<seed>.pt, else out_dir/sft.pt)')
     ap.add_argument('--vm', help='score leaves with this value model (decoding) instead of rollouts + tests')
     ap.add_argument('--iters', type=int, default=20, help='search iterations (collecting: 100, decoding: 15)')
     args, overrides = ap.parse_known_args(argv)
@@ -462,13 +473,14 @@ def main(argv):
              if t['task_id'] == args.task]
     if not found:
         raise SystemExit(f"task '{args.task}' is in none of {cfg.data_dir}/rl.jsonl, test.jsonl, sft.jsonl")
-    ckpt = args.ckpt or next((p for p in (os.path.join(cfg.out_dir, f"rl_{cfg.method.split(',')[0]}.pt"),
+    ckpt = args.ckpt or next((p for p in (train.rl_path(cfg.out_dir, cfg.method.split(',')[0], cfg.seed),
                                           os.path.join(cfg.out_dir, 'sft.pt')) if os.path.exists(p)), None)
     if ckpt is None:
         raise SystemExit(f"no policy checkpoint in {cfg.out_dir}; train one (python train.py) or pass --ckpt")
     policy = train.load_policy(ckpt, device)[0].eval()
     stats, gen = {}, torch.Generator(device=device).manual_seed(cfg.seed)
-    expand = policy_expander(policy, enc, cfg.mcts_line_tokens, cfg.mcts_temperature, stats, gen)
+    temperature = cfg.decode_temperature if args.vm else cfg.mcts_temperature  # decoding or collecting
+    expand = policy_expander(policy, enc, cfg.mcts_line_tokens, temperature, stats, gen)
     evaluate = (value_scorer(load_value_model(args.vm, device), enc) if args.vm else
                 rollout_scorer(policy, enc, cfg.max_new_tokens, cfg.mcts_temperature, stats, gen))
     t0 = time.time()

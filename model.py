@@ -304,6 +304,7 @@ class ValueModel(nn.Module):
 def save_checkpoint(obj, path):
     """torch.save to path + '.tmp', then rename: a crash while writing never leaves a broken checkpoint."""
     try:
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         torch.save(obj, path + '.tmp')
         os.replace(path + '.tmp', path)
     except OSError as e:  # a full disk, say: stop with the reason; the previous checkpoint is intact

@@ -314,10 +314,10 @@ def _autocast(cfg):
     return torch.autocast('cuda', dtype=torch.bfloat16) if cfg.dtype == 'bfloat16' else nullcontext()
 
 
-def train_rl(cfg, policy, enc, rl_tasks, test_tasks, out_dir, device, method, log=print):
+def train_rl(cfg, policy, enc, rl_tasks, test_tasks, path, device, method, log=print):
     """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
-    Checkpoints every iteration to out_dir/rl_{method}.pt and resumes from it; every iteration draws from its
-    own seeds (seed, iteration), so a resumed run equals an uninterrupted one. Returns the history."""
+    Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
+    (seed, iteration), so a resumed run equals an uninterrupted one. Returns the history."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got '{method}'")
     if cfg.rl_reward not in ('binary', 'partial'):
@@ -326,8 +326,6 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, out_dir, device, method, lo
     ref = copy.deepcopy(policy).requires_grad_(False)
     optimizer = policy.configure_optimizers(cfg.rl_weight_decay, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])
     pool = StatePool(len(rl_tasks), cfg.seed, cfg.rl_prefix_buffer)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f'rl_{method}.pt')
     history, it0 = [], 0
     if os.path.exists(path):
         ckpt = torch.load(path, map_location=device, weights_only=False)
@@ -381,7 +379,8 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, out_dir, device, method, lo
                    truncated_frac=info['truncated'] / (R.numel()), wall=wall,
                    wall_total=history[-1]['wall_total'] + wall, sample_share=info['t_sample'] / wall,
                    score_share=info['t_score'] / wall, update_share=(t0 + wall - t1) / wall, **stats)
-        if (it + 1) % cfg.rl_eval_interval == 0 or it + 1 == cfg.rl_iters:
+        spent = cfg.rl_token_budget and rec['tokens_sampled'] >= cfg.rl_token_budget  # the last iteration too
+        if (it + 1) % cfg.rl_eval_interval == 0 or it + 1 == cfg.rl_iters or spent:
             ev = evaluate()
             rec.update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'])
         history.append(rec)

@@ -9,11 +9,11 @@ restrl's one entry point: every stage of ReST-RL on the toy code benchmark, chec
 Stages, in order (each writes into out_dir and is skipped on a rerun once complete):
     data   check the task files and the tokenizer
     sft    supervised warm start on reference solutions                      -> sft.pt
-    rl     ReST-GRPO (or --method=grpo | rest_dpo) from the SFT model          -> rl_<method>.pt
+    rl     ReST-GRPO (or --method=grpo | rest_dpo) from the SFT model   -> rl_<method>_seed<seed>.pt
     mcts   MCTS with rollouts on the rl split: value targets, no labels       -> value_targets.jsonl
     vm     value model and outcome reward model on those targets             -> vm.pt, orm.pt
     decode greedy, best-of-N (ORM), PRM, ORM-MCTS, VM-MCTS at equal budgets    -> decode.json
-and then results.json and a table.
+and then results.json, report.md (report.py) and a table.
 """
 
 import ast
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import decode
 import mcts
+import report
 import restrl
 import tasks as T
 from model import GPT, GPTConfig, save_checkpoint
@@ -40,6 +41,7 @@ out_dir = 'out'
 stage = 'all'            # all | data | sft | rl | mcts | vm | decode
 method = 'rest_grpo'     # RL method: rest_grpo | grpo | rest_dpo, or several 'rest_grpo,grpo' (the first is kept)
 seed = 1337
+seeds = 1                # runs per RL method and per decoding budget, with seeds seed, seed+1, ... (repro: 3)
 device = 'auto'          # auto picks cuda, then mps, then cpu
 dtype = 'float32'        # float32 | bfloat16 (autocast, cuda only)
 data_dir = 'data'        # sft.jsonl, rl.jsonl, test.jsonl and the tokenizer
@@ -97,7 +99,7 @@ mcts_c_decode = 0.1      # UCT constant when decoding (official)
 mcts_eps = 0.1           # UCT guard against division by zero (official)
 mcts_puct = False        # PUCT with the policy prior instead of the official UCT
 mcts_line_tokens = 32    # most tokens in one line
-mcts_temperature = 0.7   # sampling temperature of expansions, rollouts and best-of-N
+mcts_temperature = 0.7   # sampling temperature of the collecting search's expansions and rollouts
 mcts_batch_tasks = 32    # searches advanced in lock-step (one policy call for all their leaves)
 mcts_collect_iters = 50  # search iterations per rl task when collecting (official: 100)
 mcts_collect_tasks = 256 # rl tasks searched, spread over difficulties (0 = all)
@@ -110,8 +112,8 @@ vm_visit_weight = False  # weight the MSE by node visits
 vm_eval_interval = 100   # validate and checkpoint every N steps
 # decoding comparison (decode.py)
 decode_budgets = '256,512'  # generated-token budgets per task
-decode_seeds = 1         # config/repro.py: 3
 decode_tasks = 200       # test tasks, spread over difficulties (0 = all)
+decode_temperature = 0.1 # best-of-N draws and decoding expansions; 0.7 put every search below greedy (README)
 decode_max_iters = 1000  # safety cap on search iterations: the token budget is what binds
 decode_reserve = 64      # tokens kept back for a greedy finish while no complete program is found
 # -----------------------------------------------------------------------------
@@ -154,6 +156,8 @@ def configure(argv, defaults=DEFAULTS):
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 value = text  # a bare string such as --method=grpo
+            if type(defaults.get(key)) is str and not isinstance(value, str):
+                value = text  # a string key given digits: --decode_budgets=256,512 is not a tuple
             setkey(key, value, arg)
     if config['stage'] not in ['all'] + STAGES:
         raise ConfigError(f"key 'stage' must be one of all, {', '.join(STAGES)}; got '{config['stage']}'")
@@ -281,13 +285,39 @@ def run_sft(cfg, enc, sft_tasks, test_tasks, log=print):
 
 # -----------------------------------------------------------------------------
 
+def rl_path(out_dir, method, seed):
+    return os.path.join(out_dir, f'rl_{method}_seed{seed}.pt')
+
+
 def final_policy(cfg):
-    """The policy the later stages use: the RL model of the (first) method if it ran, else the SFT model."""
-    for name in (f"rl_{cfg.method.split(',')[0]}.pt", 'sft.pt'):
-        path = os.path.join(cfg.out_dir, name)
+    """The policy the later stages use: the RL model of the (first) method and seed if it ran, else the SFT model."""
+    for path in (rl_path(cfg.out_dir, cfg.method.split(',')[0], cfg.seed), os.path.join(cfg.out_dir, 'sft.pt')):
         if os.path.exists(path):
-            return load_policy(path, cfg.device)[0].eval(), name
+            return load_policy(path, cfg.device)[0].eval(), os.path.basename(path)
     raise SystemExit(f"no policy in {cfg.out_dir}: run the sft stage first (python train.py --stage=sft)")
+
+
+def rl_summary(runs):
+    """results.json's train.<method>: the final pass@1 as mean and SE over seeds, the effective-group fraction
+    per iteration averaged over the seeds that reached it, and every seed's own curves under 'seeds'."""
+    per_seed = {}
+    for seed, history in runs.items():
+        evals = [h for h in history if 'test_pass1' in h]
+        per_seed[str(seed)] = dict(
+            test_pass1=evals[-1]['test_pass1'], by_difficulty=evals[-1]['test_by_difficulty'],
+            test_pass1_curve=[(h['iter'], h['tokens_sampled'], h['test_pass1']) for h in evals],
+            effective_group_frac=[h['effective_group_frac'] for h in history[1:]],
+            effective_group_frac_fresh=[h['effective_group_frac_fresh'] for h in history[1:]],
+            tokens_sampled=history[-1]['tokens_sampled'], iterations=history[-1]['iter'])
+    rs = list(per_seed.values())
+    longest = max(len(r['effective_group_frac']) for r in rs)
+    eff = [report.mean_se([r['effective_group_frac'][i] for r in rs if i < len(r['effective_group_frac'])])[0]
+           for i in range(longest)]
+    pass1, se = report.mean_se([r['test_pass1'] for r in rs])
+    diffs = rs[0]['by_difficulty']
+    return dict(test_pass1=pass1, test_pass1_se=se, effective_group_frac=eff,
+                by_difficulty={d: report.mean_se([r['by_difficulty'][d] for r in rs])[0] for d in diffs},
+                tokens_sampled=report.mean_se([r['tokens_sampled'] for r in rs])[0], seeds=per_seed)
 
 
 def read_results(cfg):
@@ -297,9 +327,10 @@ def read_results(cfg):
 
 def write_results(cfg, results):
     path = os.path.join(cfg.out_dir, 'results.json')
-    with open(path + '.tmp', 'w') as f:
+    tmp = f'{path}.{os.getpid()}.tmp'  # RL runs side by side in one out_dir each write their own, then rename
+    with open(tmp, 'w') as f:
         json.dump(results, f, indent=1)
-    os.replace(path + '.tmp', path)
+    os.replace(tmp, path)
 
 
 def print_table(results):
@@ -307,11 +338,12 @@ def print_table(results):
     if 'sft' in results:
         print(f"{'SFT greedy pass@1':<34}{results['sft']['test_pass1']:.3f}")
     for m, r in results.get('train', {}).items():
-        eff = r['effective_group_frac']
-        print(f"{m + ' greedy pass@1':<34}{r['test_pass1']:.3f}   (effective groups, mean over "
+        eff, pass1 = r['effective_group_frac'], report.fmt(r['test_pass1'], r['test_pass1_se'])
+        print(f"{m + ' greedy pass@1':<34}{pass1}   (seeds: {len(r['seeds'])}; effective groups, mean over "
               f"{len(eff)} iterations: {sum(eff) / max(1, len(eff)):.2f})")
     for m, per_budget in results.get('decode', {}).items():
-        print(f"{'decode ' + m:<34}" + "   ".join(f"{b}: {v['pass1']:.3f}" for b, v in per_budget.items()))
+        print(f"{'decode ' + m:<34}" + "   ".join(f"{b}: {report.fmt(v['pass1'], v['pass1_se'])}"
+                                                 for b, v in per_budget.items()))
 
 
 def main(argv):
@@ -341,16 +373,13 @@ def main(argv):
         sft_ckpt = os.path.join(cfg.out_dir, 'sft.pt')
         if not os.path.exists(sft_ckpt):
             raise SystemExit(f"rl starts from the SFT model, and {sft_ckpt} does not exist: run --stage=sft first")
-        for method in cfg.method.split(','):  # every method starts from the same SFT model
-            policy, _ = load_policy(sft_ckpt, cfg.device)
-            history = restrl.train_rl(cfg, policy, enc, splits['rl'], splits['test'], cfg.out_dir, cfg.device,
-                                      method)
-            evals = [h for h in history if 'test_pass1' in h]
-            results.setdefault('train', {})[method] = dict(
-                test_pass1=evals[-1]['test_pass1'], by_difficulty=evals[-1]['test_by_difficulty'],
-                test_pass1_curve=[(h['iter'], h['tokens_sampled'], h['test_pass1']) for h in evals],
-                effective_group_frac=[h['effective_group_frac'] for h in history[1:]],
-                tokens_sampled=history[-1]['tokens_sampled'], iterations=history[-1]['iter'])
+        for method in cfg.method.split(','):  # every method and seed starts from the same SFT model
+            runs = {}
+            for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+                policy, _ = load_policy(sft_ckpt, cfg.device)
+                runs[seed] = restrl.train_rl(SimpleNamespace(**{**config, 'seed': seed}), policy, enc, splits['rl'],
+                                             splits['test'], rl_path(cfg.out_dir, method, seed), cfg.device, method)
+            results.setdefault('train', {})[method] = rl_summary(runs)
     if {'mcts', 'vm', 'decode'} & set(todo):
         policy, name = final_policy(cfg)
         print(f"search stages use the policy in {name}")
@@ -375,16 +404,19 @@ def main(argv):
             with open(path + '.tmp', 'w') as f:
                 json.dump(out, f, indent=1)
             os.replace(path + '.tmp', path)
-        print(decode.format_table(out))
-        results['decode'] = {m: {str(b): dict(pass1=v['pass1'], pass1_std=v['pass1_std'], tokens=v['tokens'],
-                                              by_difficulty=v['by_difficulty']) for b, v in per.items()}
-                             for m, per in out['summary'].items()}
+        results['decode'] = {m: {str(b): {k: v[k] for k in ('pass1', 'pass1_se', 'tokens', 'seeds', 'by_difficulty')}
+                                 for b, v in per.items()} for m, per in out['summary'].items()}
+        print(report.decode_table(results['decode']))
     results['wall_seconds'] = results.get('wall_seconds', 0.0) + time.time() - t_start
     write_results(cfg, results)
     print_table(results)
-    print(f"results written to {os.path.join(cfg.out_dir, 'results.json')}")
+    report_path = report.write_report(results, cfg.out_dir)
+    print(f"results written to {os.path.join(cfg.out_dir, 'results.json')} and {report_path}")
     return results
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except OSError as e:  # a full disk, a read-only out_dir: say which file; every finished file is intact
+        raise SystemExit(f"error: {e}\nCompleted stages and the last checkpoints are intact: rerun to resume.")

@@ -1,5 +1,6 @@
 # Every stage end to end on a tiny model in a few minutes on 2 CPU cores (used by tests/test_pipeline.py).
 out_dir = 'out-smoke'
+seeds = 2                # two RL runs and two decoding seeds: the repro's mean and SE code runs too
 n_layer = 2
 n_head = 2
 n_embd = 48
@@ -18,6 +19,5 @@ mcts_batch_tasks = 8
 vm_iters = 20
 vm_eval_interval = 10
 decode_budgets = '128,256'
-decode_seeds = 1
 decode_tasks = 16
 final_eval_tasks = 64

@@ -278,10 +278,10 @@ TASKS = [dict(task_id='a', prompt='def f(xs):\n    """sort"""\n', tests=['assert
 def make_cfg(**kw):
     cfg = dict(seed=0, device=DEV, max_new_tokens=48, grad_clip=1.0,
                mcts_num_sample=3, mcts_num_decision=2, mcts_c_collect=0.2, mcts_c_decode=0.1, mcts_eps=0.1,
-               mcts_puct=False, mcts_line_tokens=24, mcts_temperature=1.0, mcts_batch_tasks=8,
+               mcts_puct=False, mcts_line_tokens=24, mcts_temperature=1.0, decode_temperature=1.0, mcts_batch_tasks=8,
                mcts_collect_iters=4, mcts_collect_tasks=0,
                vm_iters=20, vm_batch_size=8, vm_lr=1e-3, vm_val_frac=0.5, vm_visit_weight=False, vm_eval_interval=10,
-               decode_budgets='60,150', decode_seeds=1, decode_tasks=0, decode_max_iters=200, decode_reserve=30)
+               decode_budgets='60,150', seeds=1, decode_tasks=0, decode_max_iters=200, decode_reserve=30)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
 
@@ -417,6 +417,11 @@ def test_train_value_model_learns_resumes_and_orm_uses_complete_only(policy, enc
     y = np.array([p['value'] for p in val])
     assert full['val_mse'] == pytest.approx(((v - y) ** 2).mean(), abs=1e-5)
     assert full['val_pearson'] == pytest.approx(np.corrcoef(v, y)[0, 1], abs=1e-4)
+    # the saved weights are those of the validation step with the lowest MSE, not of the last step
+    history = torch.load(tmp_path / 'full.pt', weights_only=False)['history']
+    assert [h['iter'] for h in history] == [20, 40] and full['iters_trained'] == 40
+    assert full['val_mse'] == min(h['val_mse'] for h in history)
+    assert full['iter'] == min(history, key=lambda h: h['val_mse'])['iter']
     # interrupted after the first checkpoint, then resumed: the same model as the uninterrupted run
     def stop_at_first_eval(msg):
         if 'iter 20' in msg:
@@ -431,7 +436,7 @@ def test_train_value_model_learns_resumes_and_orm_uses_complete_only(policy, enc
                                  log=logs.append)
     n_train = sum(p['complete'] and p['task_id'] not in mcts.held_out_tasks(pairs, cfg.vm_val_frac, cfg.seed)
                   for p in pairs)
-    assert any(f'orm: {n_train} training pairs' in m for m in logs) and orm['iter'] == full['iter'] == 40
+    assert any(f'orm: {n_train} training pairs' in m for m in logs) and orm['iters_trained'] == full['iters_trained'] == 40
 
 
 def test_decoding_never_runs_hidden_tests_to_choose_and_respects_budgets(policy, vm, enc, monkeypatch):
@@ -442,7 +447,7 @@ def test_decoding_never_runs_hidden_tests_to_choose_and_respects_budgets(policy,
         return [sandbox.Result(1, 1, 'ok', '') for _ in jobs]
     monkeypatch.setattr(sandbox, 'run_batch', spy)
     monkeypatch.setattr(sandbox, 'run', lambda *a, **k: pytest.fail('sandbox.run called while decoding'))
-    cfg = make_cfg(decode_budgets='60,150', decode_seeds=2)
+    cfg = make_cfg(decode_budgets='60,150', seeds=2)
     orm = ValueModel.from_policy(policy).eval()
     results = decode.decode_compare(cfg, policy, vm, orm, enc, TASKS, DEV, log=lambda *a: None)
     rows = results['rows']
@@ -455,7 +460,7 @@ def test_decoding_never_runs_hidden_tests_to_choose_and_respects_budgets(policy,
     for r in rows[1:]:
         assert 0 < r['tokens'] <= r['budget'] and r['pass1'] == 1.0
     assert results['summary']['vm_mcts'][150]['seeds'] == 2
-    assert 'vm_mcts' in decode.format_table(results)
+    assert sorted({r['seed'] for r in rows[1:]}) == [cfg.seed, cfg.seed + 1]
 
 
 def test_vm_mcts_answer_is_the_best_scored_complete_program(policy, enc):

@@ -17,19 +17,26 @@ def test_smoke_config_runs_every_stage_and_resumes(tmp_path, capsys):
     results = train.main(argv)
     on_disk = json.load(open(tmp_path / 'results.json'))
     assert on_disk['sft']['test_pass1'] == results['sft']['test_pass1']
-    for f in ('sft.pt', 'rl_rest_grpo.pt', 'value_targets.jsonl', 'vm.pt', 'orm.pt', 'decode.json'):
+    for f in ('sft.pt', 'rl_rest_grpo_seed1337.pt', 'rl_rest_grpo_seed1338.pt', 'value_targets.jsonl', 'vm.pt',
+              'orm.pt', 'decode.json', 'report.md'):
         assert (tmp_path / f).exists(), f
 
     assert 0.0 <= results['sft']['test_pass1'] <= 1.0
+    assert set(results['sft']['by_difficulty']) == set(range(1, 7))
     rl = results['train']['rest_grpo']
-    assert 0.0 <= rl['test_pass1'] <= 1.0
+    assert set(rl['seeds']) == {'1337', '1338'}  # smoke.py: seeds = 2
+    finals = [r['test_pass1'] for r in rl['seeds'].values()]
+    assert rl['test_pass1'] == sum(finals) / 2 and rl['test_pass1_se'] == abs(finals[0] - finals[1]) / 2
     assert len(rl['effective_group_frac']) == 2 and all(0.0 <= x <= 1.0 for x in rl['effective_group_frac'])
-    assert rl['tokens_sampled'] > 0
-    for m in ('greedy', 'bon_orm', 'prm_min', 'prm_last', 'orm_mcts', 'vm_mcts'):
+    assert rl['tokens_sampled'] > 0 and all(0.0 <= p <= 1.0 for p in rl['by_difficulty'].values())
+    for m in ('greedy', 'bon_orm', 'prm', 'prm_last', 'orm_mcts', 'vm_mcts'):
         assert m in results['decode'], m
         for budget, v in results['decode'][m].items():
-            assert 0.0 <= v['pass1'] <= 1.0
+            assert 0.0 <= v['pass1'] <= 1.0 and v['pass1_se'] >= 0 and v['seeds'] == (1 if m == 'greedy' else 2)
             assert budget == '0' or v['tokens'] <= int(budget)  # a method never spends more than its budget
+            assert all(0.0 <= p <= 1.0 for p in v['by_difficulty'].values())
+    report = (tmp_path / 'report.md').read_text()
+    assert '| rest_grpo | 2 |' in report and '| vm_mcts |' in report
     assert results['mcts']['pairs'] > 0 and 0.0 <= results['vm']['val_mse'] <= 1.0
     assert results['config']['n_layer'] == 2 and results['device'] == 'cpu' and results['wall_seconds'] > 0
 

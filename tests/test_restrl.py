@@ -348,7 +348,8 @@ def test_one_iteration_of_each_method_changes_the_weights(sft_policy, method, tm
     policy = copy.deepcopy(sft_policy)
     before = weights(policy)
     cfg = make_cfg(rl_inner_steps=2 if method == 'grpo' else 1)  # the second step sees rho != 1
-    hist = restrl.train_rl(cfg, policy, ENC, RL_TASKS, RL_TASKS, str(tmp_path), 'cpu', method, log=lambda s: 0)
+    path = str(tmp_path / f'rl_{method}.pt')
+    hist = restrl.train_rl(cfg, policy, ENC, RL_TASKS, RL_TASKS, path, 'cpu', method, log=lambda s: 0)
     assert [h['iter'] for h in hist] == [0, 1] and hist[0]['test_pass1'] == hist[1]['test_pass1'] == 0.25
     assert fake_eval == [len(RL_TASKS)] * 2  # before training, and after the iteration
     h = hist[1]
@@ -358,19 +359,30 @@ def test_one_iteration_of_each_method_changes_the_weights(sft_policy, method, tm
         assert h['sampler_logp_err'] < 1e-4 and h['ratio'] == 1.0 and h['clip_frac'] == 0  # one on-policy step
     if method == 'grpo':
         assert h['sampler_logp_err'] < 1e-4 and h['ratio'] != 1.0
-    assert os.path.exists(tmp_path / f'rl_{method}.pt')
+    assert os.path.exists(path)
 
 
 def test_resumed_run_equals_uninterrupted_run(sft_policy, tmp_path):
     cfg = make_cfg(rl_iters=2, rl_eval_interval=100)
     a = copy.deepcopy(sft_policy)
-    hist_a = restrl.train_rl(cfg, a, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'a'), 'cpu', 'rest_grpo', log=lambda s: 0)
+    hist_a = restrl.train_rl(cfg, a, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'a.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
     b = copy.deepcopy(sft_policy)
-    restrl.train_rl(make_cfg(rl_iters=1, rl_eval_interval=100), b, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'b'),
+    restrl.train_rl(make_cfg(rl_iters=1, rl_eval_interval=100), b, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'b.pt'),
                     'cpu', 'rest_grpo', log=lambda s: 0)
     b = copy.deepcopy(sft_policy)  # a fresh process would start again from the SFT model
-    hist_b = restrl.train_rl(cfg, b, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'b'), 'cpu', 'rest_grpo', log=lambda s: 0)
+    hist_b = restrl.train_rl(cfg, b, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'b.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     keep = ('reward', 'effective_group_frac', 'tokens_sampled', 'groups_trained', 'harvested', 'buffer', 'loss')
     assert [{k: h.get(k) for k in keep} for h in hist_a] == [{k: h.get(k) for k in keep} for h in hist_b]
+
+
+def test_token_budget_stops_the_run_and_its_last_iteration_is_evaluated(sft_policy, tmp_path, fake_eval):
+    cfg = make_cfg(rl_iters=10, rl_eval_interval=100, rl_token_budget=1)  # spent by the first iteration
+    path = str(tmp_path / 'rl.pt')
+    hist = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, RL_TASKS, path, 'cpu', 'grpo',
+                           log=lambda s: 0)
+    assert [h['iter'] for h in hist] == [0, 1] and 'test_pass1' in hist[1]
+    again = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, RL_TASKS, path, 'cpu', 'grpo',
+                            log=lambda s: 0)  # a rerun finds the budget spent: nothing sampled, nothing evaluated
+    assert [h['iter'] for h in again] == [0, 1] and fake_eval == [len(RL_TASKS)] * 2

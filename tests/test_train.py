@@ -18,6 +18,10 @@ def test_config_file_and_overrides(tmp_path):
     config = train.configure([str(cfg_file), '--n_embd=64', '--method=grpo', '--sft_lr=2'])
     assert config['n_layer'] == 3 and config['n_embd'] == 64 and config['method'] == 'grpo'
     assert config['sft_lr'] == 2.0 and type(config['sft_lr']) is float  # an int is accepted for a float
+    # a string key given digits stays the text typed, not an int or a tuple
+    config = train.configure(['--decode_budgets=256', '--out_dir=2026'])
+    assert config['decode_budgets'] == '256' and config['out_dir'] == '2026'
+    assert train.configure(['--decode_budgets=128,256'])['decode_budgets'] == '128,256'
 
 
 def test_unknown_key_is_named():

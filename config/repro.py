@@ -1,0 +1,21 @@
+# The full comparison behind the README's results: all three RL methods and all decoders, 3 seeds each,
+# then report.md (tables: mean and standard error over seeds) and, with matplotlib, rl.png and decode.png.
+#   python train.py config/repro.py          # one process; every stage resumes where it stopped
+# RL runs are independent, so on a machine with cores to spare they can run side by side first:
+#   python train.py config/repro.py --stage=sft
+#   for s in 1337 1338 1339; do for m in rest_grpo grpo rest_dpo; do
+#     python train.py config/repro.py --stage=rl --method=$m --seed=$s --seeds=1 & done; done; wait
+#   python train.py config/repro.py          # finds the RL runs complete and does the rest
+out_dir = 'out-repro'
+seeds = 3
+# RL: the same SFT model, the same number of sampled completion tokens per run (extra ReST rounds count)
+method = 'rest_grpo,grpo,rest_dpo'   # the first is the policy the search stages use
+rl_iters = 1000                      # the token budget is what stops each run
+rl_token_budget = 1_200_000
+rl_eval_interval = 8
+# value targets on more tasks than the default run, and decoding at three budgets
+mcts_collect_tasks = 1024
+decode_budgets = '128,256,512'
+decode_tasks = 300
+# the value model and ORM see about 18K targets: more steps help, and the best validation step is kept
+vm_iters = 600
