@@ -17,5 +17,5 @@ rl_eval_interval = 8
 mcts_collect_tasks = 1024
 decode_budgets = '128,256,512'
 decode_tasks = 300
-# the value model and ORM see about 18K targets: more steps help, and the best validation step is kept
+# the value model and ORM train on about 18K targets; the best validation step is kept (VM: 200 of 600)
 vm_iters = 600
