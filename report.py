@@ -72,16 +72,22 @@ def plot(results, out_dir):
     files = []
     if results.get('train'):
         fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
-        for m, r in results['train'].items():
-            for i, run in enumerate(r['seeds'].values()):
-                it, tok, p = zip(*run['test_pass1_curve'])
-                kw = dict(color=f'C{list(results["train"]).index(m)}', alpha=0.8, label=m if i == 0 else None)
-                ax1.plot(it, p, marker='o', ms=3, **kw)
-                ax2.plot([t / 1e6 for t in tok], p, marker='o', ms=3, **kw)
-                ax3.plot(range(1, len(run['effective_group_frac']) + 1), run['effective_group_frac'], lw=1, **kw)
-        ax1.set(xlabel='RL iteration', ylabel='greedy pass@1 (test)', title='pass@1 against iteration')
+        for i, (m, r) in enumerate(results['train'].items()):
+            curves = [run['test_pass1_curve'] for run in r['seeds'].values()]
+            n = max(len(c) for c in curves)  # evaluations come at the same iterations in every seed of a method
+            at = [[c[k] for c in curves if k < len(c)] for k in range(n)]
+            it = [pts[0][0] for pts in at]
+            tok = [sum(p[1] for p in pts) / len(pts) / 1e6 for pts in at]
+            mean, se = zip(*[mean_se([p[2] for p in pts]) for pts in at])
+            ax1.errorbar(it, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
+            ax2.errorbar(tok, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
+            eff, w = r['effective_group_frac'], 5  # mean over seeds, then a running mean over w iterations
+            smooth = [sum(eff[max(0, k - w + 1):k + 1]) / len(eff[max(0, k - w + 1):k + 1]) for k in range(len(eff))]
+            ax3.plot(range(1, len(eff) + 1), smooth, color=f'C{i}', label=m)
+        ax1.set(xlabel='RL iteration', ylabel='greedy pass@1 (test)', title='pass@1 against iteration (mean ± SE)')
         ax2.set(xlabel='completion tokens sampled (M)', title='pass@1 against sampling budget')
-        ax3.set(xlabel='RL iteration', ylabel='fraction of sampled groups', title='effective groups (reward std > 0)')
+        ax3.set(xlabel='RL iteration', ylabel='fraction of sampled groups',
+               title='effective groups (reward std > 0), 5-iteration mean')
         for ax in (ax1, ax2, ax3):
             ax.grid(alpha=0.3)
             ax.legend()
@@ -113,9 +119,12 @@ def plot(results, out_dir):
 
 def write_report(results, out_dir):
     cfg = results.get('config', {})
+    devices = results.get('stage_devices', {})
+    by_stage = f" (by stage: {', '.join(f'{k} {v}' for k, v in devices.items())})" if devices else ''
+    minutes = results.get('wall_seconds', 0) / 60
     parts = [f"# restrl report: {out_dir}\n",
-             f"Device {results.get('device')}, wall time {results.get('wall_seconds', 0) / 60:.1f} min over all "
-             f"invocations, seeds {cfg.get('seed')}..{cfg.get('seed', 0) + cfg.get('seeds', 1) - 1}. "
+             f"Device {results.get('device')}{by_stage}, wall time {minutes:.1f} min "
+             f"summed over the runs that wrote results.json, seeds {cfg.get('seed')}..{cfg.get('seed', 0) + cfg.get('seeds', 1) - 1}. "
              f"Errors are the standard error of the mean over seeds.\n"]
     if 'sft' in results:
         s = results['sft']

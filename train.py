@@ -366,6 +366,7 @@ def main(argv):
     todo = STAGES if cfg.stage == 'all' else [cfg.stage]
     results = read_results(cfg)
     results.update(config=config, device=cfg.device)
+    results.setdefault('stage_devices', {}).update({st: cfg.device for st in todo if st != 'data'})  # mixed runs
     if 'sft' in todo:
         _, ev = run_sft(cfg, enc, splits['sft'], splits['test'])
         results['sft'] = dict(test_pass1=ev['pass1'], by_difficulty=ev['by_difficulty'])

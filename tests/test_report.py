@@ -18,7 +18,7 @@ def fake_results():
                      for b in ('128', '256')}
     return dict(config=dict(seed=1, seeds=2, rl_iters=4, rl_token_budget=0), device='cpu', wall_seconds=60,
                 sft=dict(test_pass1=0.5, by_difficulty={'1': 0.9, '2': 0.1}),
-                train={'grpo': dict(test_pass1=0.55, test_pass1_se=0.05, seeds={'1': run(0.5, [0.5, 0.6]),
+                train={'grpo': dict(test_pass1=0.55, test_pass1_se=0.05, effective_group_frac=[0.6, 0.7], seeds={'1': run(0.5, [0.5, 0.6]),
                                                                              '2': run(0.6, [0.7, 0.8])})},
                 decode=decode)
 
