@@ -121,10 +121,10 @@ def write_report(results, out_dir):
     cfg = results.get('config', {})
     devices = results.get('stage_devices', {})
     by_stage = f" (by stage: {', '.join(f'{k} {v}' for k, v in devices.items())})" if devices else ''
-    minutes = results.get('wall_seconds', 0) / 60
+    minutes, first = results.get('wall_seconds', 0) / 60, cfg.get('seed', 0)
     parts = [f"# restrl report: {out_dir}\n",
-             f"Device {results.get('device')}{by_stage}, wall time {minutes:.1f} min "
-             f"summed over the runs that wrote results.json, seeds {cfg.get('seed')}..{cfg.get('seed', 0) + cfg.get('seeds', 1) - 1}. "
+             f"Device {results.get('device')}{by_stage}, wall time {minutes:.1f} min summed over the runs that "
+             f"wrote results.json, seeds {first}..{first + cfg.get('seeds', 1) - 1}. "
              f"Errors are the standard error of the mean over seeds.\n"]
     if 'sft' in results:
         s = results['sft']
