@@ -161,6 +161,11 @@ def configure(argv, defaults=DEFAULTS):
             setkey(key, value, arg)
     if config['stage'] not in ['all'] + STAGES:
         raise ConfigError(f"key 'stage' must be one of all, {', '.join(STAGES)}; got '{config['stage']}'")
+    if config['seeds'] < 1:
+        raise ConfigError(f"key 'seeds' must be at least 1; got {config['seeds']}")
+    if not all(b.strip().isdigit() and int(b) > 0 for b in config['decode_budgets'].split(',')):
+        raise ConfigError(f"key 'decode_budgets' must be positive token counts such as '256,512'; "
+                          f"got '{config['decode_budgets']}'")
     if not set(config['method'].split(',')) <= {'rest_grpo', 'grpo', 'rest_dpo'}:
         raise ConfigError(f"key 'method' must be rest_grpo, grpo or rest_dpo (or a comma-separated list of "
                           f"them); got '{config['method']}'")

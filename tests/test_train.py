@@ -41,6 +41,10 @@ def test_wrong_type_is_named():
         train.configure(['--n_layer=2.5'])
     with pytest.raises(train.ConfigError, match="key 'stage'"):
         train.configure(['--stage=nonsense'])
+    with pytest.raises(train.ConfigError, match="key 'seeds' must be at least 1"):
+        train.configure(['--seeds=0'])
+    with pytest.raises(train.ConfigError, match="key 'decode_budgets'"):
+        train.configure(['--decode_budgets=256,lots'])
 
 
 def test_missing_config_file():
