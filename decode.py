@@ -8,13 +8,16 @@ row at its max length), and what a call leaves unused is spent by the next. The 
 are reported next to each result. Greedy decoding has no budget: one sample per task.
 No method runs a test to choose its answer; only the chosen program is graded (grade()).
 """
+import os
+import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
 import sandbox
 import tasks as T
-from report import fmt, mean_se
+from report import mean_se
 from mcts import (Tree, best_program, policy_expander, run_search, sample_groups, search_params,
                   value_at_positions, value_scorer)
 
@@ -182,3 +185,48 @@ def summarise(rows):
                                                 for d in rs[0]['by_difficulty']})
     return out
 
+
+def headroom(policy, enc, tasks, n, temperature, max_tokens, gen):
+    """A diagnostic, not a method (it runs the hidden tests on every candidate): the share of samples that
+    pass (pass@1) and of tasks where at least one of n samples passes (pass@n), the ceiling of any picker."""
+    programs = []
+    for i in range(0, len(tasks), 32):
+        chunk = tasks[i:i + 32]
+        prompts = [enc.encode_ordinary(t['prompt']) for t in chunk]
+        rows = sample_groups(policy, prompts, [n] * len(chunk), max_tokens, {}, temperature=temperature,
+                             stop_ids=(enc.eot_token,), pad_id=T.pad_id(enc), generator=gen)
+        programs += [[T.completion_text(enc, ids) for ids, _, _ in r] for r in rows]
+    results = iter(sandbox.run_batch([(t['prompt'] + p, t['tests']) for t, ps in zip(tasks, programs) for p in ps]))
+    passed = [[next(results).reward == 1.0 for _ in ps] for ps in programs]
+    return dict(pass1=sum(map(sum, passed)) / sum(map(len, passed)), pass_n=sum(map(any, passed)) / len(tasks))
+
+
+# -----------------------------------------------------------------------------
+# python decode.py [--n 4] [--temperatures 0.1,0.3] [--key=value ...]: how much could a perfect picker gain?
+
+
+def main(argv):
+    import argparse
+    import train
+    ap = argparse.ArgumentParser(description="pass@1 and pass@n of the search stages' policy on decode_tasks test "
+                                 "tasks: the headroom of reranking. Other --key=value arguments are train.py config "
+                                 "overrides (e.g. --out_dir=out-repro --decode_tasks=300).")
+    ap.add_argument('--n', type=int, default=4, help='samples per task')
+    ap.add_argument('--temperatures', default='0.1,0.3,0.7', help='comma-separated sampling temperatures')
+    args, overrides = ap.parse_known_args(argv)
+    config = train.configure(overrides)
+    cfg = SimpleNamespace(**{**config, 'device': train.pick_device(config['device'])})
+    enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
+    tasks = T.spread(T.load_tasks(os.path.join(cfg.data_dir, 'test.jsonl')), cfg.decode_tasks)
+    policy, name = train.final_policy(cfg)
+    greedy = grade(tasks, greedy_answers(cfg, policy, enc, tasks)[0])
+    print(f"{name} on {len(tasks)} test tasks: greedy pass@1 {sum(greedy) / len(tasks):.3f}")
+    for temperature in [float(t) for t in args.temperatures.split(',')]:
+        gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+        h = headroom(policy, enc, tasks, args.n, temperature, cfg.max_new_tokens, gen)
+        print(f"temperature {temperature}: a sample passes {h['pass1']:.3f}; "
+              f"at least one of {args.n} passes on {h['pass_n']:.3f} of the tasks")
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -106,8 +106,11 @@ def plot(results, out_dir):
             bs = sorted(int(b) for b in per)
             ax.errorbar(bs, [per[str(b)]['pass1'] for b in bs], yerr=[per[str(b)].get('pass1_se', 0) for b in bs],
                         marker='o', capsize=3, color=f'C{i}', label=m)
-        ax.set(xscale='log', xlabel='generated-token budget per task', ylabel='pass@1 (test)',
+        ax.set(xscale='log', xlabel='generated-token budget per task', ylabel='pass@1 (test), mean ± SE',
                title='accuracy against decoding budget')
+        budgets = sorted({int(b) for per in results['decode'].values() for b in per if int(b)})
+        ax.minorticks_off()
+        ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

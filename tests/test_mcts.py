@@ -483,3 +483,11 @@ def test_vm_mcts_answer_is_the_best_scored_complete_program(policy, enc):
     answers, tokens = decode.mcts_answers(make_cfg(), policy, Oracle(), enc, TASKS[:1], 400, stats,
                                           torch.Generator(device=DEV).manual_seed(0))
     assert answers == [target] and 0 < tokens[0] <= 400
+
+
+def test_headroom_counts_passing_samples_per_task(policy, enc, monkeypatch):
+    # a grader that passes exactly the first sample of the first task: pass@1 = 1 / all samples, pass@n = 1 / tasks
+    monkeypatch.setattr(sandbox, 'run_batch', lambda jobs, **kw: [sandbox.Result(int(i == 0), 1, 'ok', '')
+                                                                  for i in range(len(jobs))])
+    h = decode.headroom(policy, enc, TASKS, 3, 1.0, 16, torch.Generator(device=DEV).manual_seed(0))
+    assert h == dict(pass1=1 / (3 * len(TASKS)), pass_n=1 / len(TASKS))
