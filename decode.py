@@ -161,7 +161,7 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
     record('greedy', 0, 0, answers, tokens, time.time() - t0)
     for budget in budgets:
         for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-            gen = torch.Generator(device=device).manual_seed(1000 * seed + budget)
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + budget)
             acc = {m: ([], [], 0.0) for m in METHODS[1:]}
             for i in range(0, len(tasks), B):
                 for m, (a, n, s) in answers_for_chunk(cfg, policy, vm, orm, enc, tasks[i:i + B], budget, gen).items():
@@ -214,7 +214,10 @@ def main(argv):
     ap.add_argument('--n', type=int, default=4, help='samples per task')
     ap.add_argument('--temperatures', default='0.1,0.3,0.7', help='comma-separated sampling temperatures')
     args, overrides = ap.parse_known_args(argv)
-    config = train.configure(overrides)
+    try:
+        config = train.configure(overrides)
+    except train.ConfigError as e:
+        raise SystemExit(f"config error: {e}")
     cfg = SimpleNamespace(**{**config, 'device': train.pick_device(config['device'])})
     enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
     tasks = T.spread(T.load_tasks(os.path.join(cfg.data_dir, 'test.jsonl')), cfg.decode_tasks)

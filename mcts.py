@@ -415,7 +415,7 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
             log(f"{name}: complete in {out_path}, skipping")
             return ckpt['metrics']
         optimizer.load_state_dict(ckpt['optimizer'])
-        it, history, best = ckpt['iter_num'], ckpt['history'], ckpt['best']
+        it, history, best = ckpt['iter_num'], ckpt['history'], ckpt.get('best')
         log(f"{name}: resuming from iteration {it}")
     seqs = [encode_state(enc, p['state'], p['complete'], policy.config.block_size) for p in train]
     y = torch.tensor([float(p['value']) for p in train], device=device)
@@ -443,7 +443,7 @@ def train_value_model(cfg, policy, enc, pairs, out_path, device, only_complete=F
             if done:  # the finished checkpoint holds the best step's weights, and its metrics
                 vm.load_state_dict(best['model'])
                 metrics = dict(best['metrics'], iters_trained=it)
-            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=best,
+            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
                                  model_args=asdict(vm.gpt.config), iter_num=it, config=vars(cfg), history=history,
                                  done=done, metrics=metrics), out_path)
             log(f"{name} iter {it}: "
@@ -466,7 +466,10 @@ def main(argv):
     ap.add_argument('--vm', help='score leaves with this value model (decoding) instead of rollouts + tests')
     ap.add_argument('--iters', type=int, default=20, help='search iterations (collecting: 100, decoding: 15)')
     args, overrides = ap.parse_known_args(argv)
-    cfg = SimpleNamespace(**train.configure(overrides))
+    try:
+        cfg = SimpleNamespace(**train.configure(overrides))
+    except train.ConfigError as e:
+        raise SystemExit(f"config error: {e}")
     device = train.pick_device(cfg.device)
     enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
     found = [t for split in ('rl', 'test', 'sft') for t in T.load_tasks(os.path.join(cfg.data_dir, f'{split}.jsonl'))

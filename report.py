@@ -28,16 +28,16 @@ def fmt(m, se):
 
 
 def rl_table(train):
-    lines = ['| method | seeds | greedy pass@1 (start -> end) | effective groups (mean over iterations) | '
-             'iterations | tokens sampled |', '|---|---|---|---|---|---|']
+    lines = ['| method | seeds | greedy pass@1 (start -> last evaluation) | at iteration (tokens) | '
+             'effective groups (mean over iterations) | iterations (tokens) run |', '|---|---|---|---|---|---|']
     for m, r in train.items():
         runs = list(r['seeds'].values())
         start = mean_se([run['test_pass1_curve'][0][2] for run in runs])
         eff = mean_se([sum(run['effective_group_frac']) / max(1, len(run['effective_group_frac'])) for run in runs])
-        iters = mean_se([run['iterations'] for run in runs])[0]
-        toks = mean_se([run['tokens_sampled'] for run in runs])[0]
+        iters, toks = (mean_se([run[k] for run in runs])[0] for k in ('iterations', 'tokens_sampled'))
+        ev_iters, ev_toks = (mean_se([run['test_pass1_curve'][-1][k] for run in runs])[0] for k in (0, 1))
         lines.append(f"| {m} | {len(runs)} | {fmt(*start)} -> **{fmt(r['test_pass1'], r['test_pass1_se'])}** | "
-                     f"{fmt(*eff)} | {iters:.0f} | {toks / 1e3:.0f}K |")
+                     f"{ev_iters:.0f} ({ev_toks / 1e3:.0f}K) | {fmt(*eff)} | {iters:.0f} ({toks / 1e3:.0f}K) |")
     return '\n'.join(lines)
 
 
@@ -73,12 +73,13 @@ def plot(results, out_dir):
     if results.get('train'):
         fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
         for i, (m, r) in enumerate(results['train'].items()):
-            curves = [run['test_pass1_curve'] for run in r['seeds'].values()]
-            n = max(len(c) for c in curves)  # evaluations come at the same iterations in every seed of a method
-            at = [[c[k] for c in curves if k < len(c)] for k in range(n)]
-            it = [pts[0][0] for pts in at]
-            tok = [sum(p[1] for p in pts) / len(pts) / 1e6 for pts in at]
-            mean, se = zip(*[mean_se([p[2] for p in pts]) for pts in at])
+            at = {}  # iteration -> the seeds' (tokens, pass@1) evaluated there
+            for run in r['seeds'].values():
+                for it, tok, p in run['test_pass1_curve']:
+                    at.setdefault(it, []).append((tok, p))
+            it = sorted(at)
+            tok = [sum(t for t, _ in at[k]) / len(at[k]) / 1e6 for k in it]
+            mean, se = zip(*[mean_se([p for _, p in at[k]]) for k in it])  # SE 0 where one seed has a point
             ax1.errorbar(it, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
             ax2.errorbar(tok, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
             eff, w = r['effective_group_frac'], 5  # mean over seeds, then a running mean over w iterations
@@ -139,11 +140,11 @@ def write_report(results, out_dir):
                      f"rl_iters={cfg.get('rl_iters')} or after rl_token_budget={cfg.get('rl_token_budget')} sampled "
                      "completion tokens (0: no budget). Greedy pass@1 on the evaluation tasks.\n\n"
                      + rl_table(results['train']) + '\n')
-    for name in ('vm', 'orm'):
+    for name, mse in (('vm', 'val_mse'), ('orm', 'val_mse_complete')):  # the ORM is chosen and used on programs
         if name in results:
             v = results[name]
-            parts.append(f"## {name.upper()}\n\nValidation at step {v.get('iter')}: MSE {v.get('val_mse', 0):.4f} "
-                         f"(predicting the mean: {v.get('val_mse_of_mean', 0):.4f}), Pearson "
+            parts.append(f"## {name.upper()}\n\nValidation at step {v.get('iter')}: {mse} {v.get(mse, 0):.4f} "
+                         f"(predicting the mean of all targets: {v.get('val_mse_of_mean', 0):.4f}), Pearson "
                          f"{v.get('val_pearson', 0):.3f} (intermediate states {v.get('val_pearson_states', 0):.3f}, "
                          f"complete programs {v.get('val_pearson_complete', 0):.3f}).\n")
     if results.get('decode'):

@@ -394,4 +394,8 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, path, device, method, log=p
             f"{rec['score_share']:.0%}, update {rec['update_share']:.0%})"
             + (f", test pass@1 {rec['test_pass1']:.3f}" if 'test_pass1' in rec else ''))
     bar.close()
+    if 'test_pass1' not in history[-1]:  # stopped between evaluations (a lowered rl_iters): evaluate the end
+        ev = evaluate()
+        history[-1].update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'])
+        checkpoint(history[-1]['iter'])
     return history

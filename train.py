@@ -36,7 +36,7 @@ import tasks as T
 from model import GPT, GPTConfig, save_checkpoint
 
 # -----------------------------------------------------------------------------
-# default config: the whole pipeline in about 20 minutes on 2 CPU cores
+# default config: the whole pipeline in about 25 minutes on 2 CPU cores
 out_dir = 'out'
 stage = 'all'            # all | data | sft | rl | mcts | vm | decode
 method = 'rest_grpo'     # RL method: rest_grpo | grpo | rest_dpo, or several 'rest_grpo,grpo' (the first is kept)

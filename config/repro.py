@@ -5,7 +5,7 @@
 #   python train.py config/repro.py --stage=sft
 #   for s in 1337 1338 1339; do for m in rest_grpo grpo rest_dpo; do
 #     python train.py config/repro.py --stage=rl --method=$m --seed=$s --seeds=1 & done; done; wait
-#   python train.py config/repro.py          # finds the RL runs complete and does the rest
+#   python train.py config/repro.py          # finds the RL runs complete (it resumes any that stopped early)
 out_dir = 'out-repro'
 seeds = 3
 # RL: the same SFT model, the same number of sampled completion tokens per run (extra ReST rounds count)
@@ -17,5 +17,5 @@ rl_eval_interval = 8
 mcts_collect_tasks = 1024
 decode_budgets = '128,256,512'
 decode_tasks = 300
-# the value model and ORM train on about 18K targets; the best validation step is kept (VM: 200 of 600)
+# the value model and ORM train on 17.7K targets; the best validation step is kept (VM: 200 of 600)
 vm_iters = 600

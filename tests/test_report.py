@@ -34,7 +34,7 @@ def test_tables_hold_the_numbers():
     r = fake_results()
     rl = report.rl_table(r['train'])
     # start 0.5 for both seeds, end 0.55 +- 0.05, effective groups (0.55 + 0.75) / 2 +- 0.1
-    assert '| grpo | 2 | 0.500 -> **0.550 ± 0.050** | 0.650 ± 0.100 | 4 | 1K |' in rl
+    assert '| grpo | 2 | 0.500 -> **0.550 ± 0.050** | 4 (1K) | 0.650 ± 0.100 | 4 (1K) |' in rl
     dec = report.decode_table(r['decode'])
     assert '| greedy | 0.500 (50) | 0.500 (50) |' in dec  # greedy has no budget: the same in every column
     assert '| vm_mcts | 0.600 ± 0.020 (118) | 0.600 ± 0.020 (246) |' in dec
