@@ -23,6 +23,20 @@ def mean_se(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
 
 
+def write_atomic(path, text):
+    """Write to a temporary file of this process, then rename: a reader never sees half a file, and RL runs
+    side by side in one out_dir never write into each other's temporary file."""
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def decode_budgets(decode):
+    """The budgets of results.json's decode entries, ascending; greedy's budget 0 is not one."""
+    return sorted({int(b) for per in decode.values() for b in per if int(b)})
+
+
 def fmt(m, se):
     return f"{m:.3f} ± {se:.3f}" if se else f"{m:.3f}"
 
@@ -42,7 +56,7 @@ def rl_table(train):
 
 
 def decode_table(decode):
-    budgets = sorted({int(b) for per in decode.values() for b in per if int(b)})
+    budgets = decode_budgets(decode)
     lines = ['| method | ' + ' | '.join(f'budget {b}' for b in budgets) + ' |', '|---' * (len(budgets) + 1) + '|']
     for m in DECODE_ORDER:
         if m in decode:
@@ -109,7 +123,7 @@ def plot(results, out_dir):
                         marker='o', capsize=3, color=f'C{i}', label=m)
         ax.set(xscale='log', xlabel='generated-token budget per task', ylabel='pass@1 (test), mean ± SE',
                title='accuracy against decoding budget')
-        budgets = sorted({int(b) for per in results['decode'].values() for b in per if int(b)})
+        budgets = decode_budgets(results['decode'])
         ax.minorticks_off()
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.grid(alpha=0.3)
@@ -148,7 +162,7 @@ def write_report(results, out_dir):
                          f"{v.get('val_pearson', 0):.3f} (intermediate states {v.get('val_pearson_states', 0):.3f}, "
                          f"complete programs {v.get('val_pearson_complete', 0):.3f}).\n")
     if results.get('decode'):
-        budgets = sorted({int(b) for per in results['decode'].values() for b in per if int(b)})
+        budgets = decode_budgets(results['decode'])
         parts.append("## Decoding at equal budgets\n\npass@1 on the test tasks (mean generated tokens per task); "
                      "the budget caps the tokens each method may generate per task.\n\n"
                      + decode_table(results['decode']) + '\n')
@@ -159,9 +173,7 @@ def write_report(results, out_dir):
     parts += [f"![{f}]({f})\n" for f in files] or ["(No plots: `pip install matplotlib` and rerun "
                                                    f"`python report.py {out_dir}`.)\n"]
     path = os.path.join(out_dir, 'report.md')
-    with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
-        f.write('\n'.join(parts))
-    os.replace(f'{path}.{os.getpid()}.tmp', path)
+    write_atomic(path, '\n'.join(parts))
     return path
 
 

@@ -331,11 +331,7 @@ def read_results(cfg):
 
 
 def write_results(cfg, results):
-    path = os.path.join(cfg.out_dir, 'results.json')
-    tmp = f'{path}.{os.getpid()}.tmp'  # RL runs side by side in one out_dir each write their own, then rename
-    with open(tmp, 'w') as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    report.write_atomic(os.path.join(cfg.out_dir, 'results.json'), json.dumps(results, indent=1))
 
 
 def print_table(results):
@@ -407,9 +403,7 @@ def main(argv):
         else:
             vm, orm = (mcts.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
             out = decode.decode_compare(cfg, policy, vm, orm, enc, splits['test'], cfg.device)
-            with open(path + '.tmp', 'w') as f:
-                json.dump(out, f, indent=1)
-            os.replace(path + '.tmp', path)
+            report.write_atomic(path, json.dumps(out, indent=1))
         results['decode'] = {m: {str(b): {k: v[k] for k in ('pass1', 'pass1_se', 'tokens', 'seeds', 'by_difficulty')}
                                  for b, v in per.items()} for m, per in out['summary'].items()}
         print(report.decode_table(results['decode']))
