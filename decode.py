@@ -202,15 +202,16 @@ def headroom(policy, enc, tasks, n, temperature, max_tokens, gen):
 
 
 # -----------------------------------------------------------------------------
-# python decode.py [--n 4] [--temperatures 0.1,0.3] [--key=value ...]: how much could a perfect picker gain?
+# python decode.py [--n 4] [--temperatures 0.1,0.3] [--key=value ...]: how much could a perfect picker gain (dev)?
 
 
 def main(argv):
     import argparse
     import train
-    ap = argparse.ArgumentParser(description="pass@1 and pass@n of the search stages' policy on decode_tasks test "
-                                 "tasks: the headroom of reranking. Other --key=value arguments are train.py config "
-                                 "overrides (e.g. --out_dir=out-repro --decode_tasks=300).")
+    ap = argparse.ArgumentParser(description="pass@1 and pass@n of the search stages' policy on decode_tasks tasks "
+                                 "of eval_split (dev: a tuning tool reads no test task): the headroom of reranking. "
+                                 "Other --key=value arguments are train.py config overrides (e.g. --out_dir=out-repro "
+                                 "--decode_tasks=300).")
     ap.add_argument('--n', type=int, default=4, help='samples per task')
     ap.add_argument('--temperatures', default='0.1,0.3,0.7', help='comma-separated sampling temperatures')
     args, overrides = ap.parse_known_args(argv)
@@ -220,10 +221,10 @@ def main(argv):
         raise SystemExit(f"config error: {e}")
     cfg = SimpleNamespace(**{**config, 'device': train.pick_device(config['device'])})
     enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
-    tasks = T.spread(T.load_tasks(os.path.join(cfg.data_dir, 'test.jsonl')), cfg.decode_tasks)
+    tasks = T.spread(T.load_tasks(os.path.join(cfg.data_dir, f'{cfg.eval_split}.jsonl')), cfg.decode_tasks)
     policy, name = train.final_policy(cfg)
     greedy = grade(tasks, greedy_answers(cfg, policy, enc, tasks)[0])
-    print(f"{name} on {len(tasks)} test tasks: greedy pass@1 {sum(greedy) / len(tasks):.3f}")
+    print(f"{name} on {len(tasks)} {cfg.eval_split} tasks: greedy pass@1 {sum(greedy) / len(tasks):.3f}")
     for temperature in [float(t) for t in args.temperatures.split(',')]:
         gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
         h = headroom(policy, enc, tasks, args.n, temperature, cfg.max_new_tokens, gen)

@@ -461,7 +461,7 @@ def main(argv):
     import train
     ap = argparse.ArgumentParser(description="Run one MCTS on one task and print the tree; other --key=value "
                                  "arguments are train.py config overrides (e.g. --mcts_collect_iters=30).")
-    ap.add_argument('--task', required=True, help='a task_id of the sft, rl or test split')
+    ap.add_argument('--task', required=True, help='a task_id such as dev/12 (SPLIT/N; sft, rl, dev or test)')
     ap.add_argument('--ckpt', help='policy checkpoint (default: out_dir/rl_<method>_seed<seed>.pt, else out_dir/sft.pt)')
     ap.add_argument('--vm', help='score leaves with this value model (decoding) instead of rollouts + tests')
     ap.add_argument('--iters', type=int, default=20, help='search iterations (collecting: 100, decoding: 15)')
@@ -472,10 +472,12 @@ def main(argv):
         raise SystemExit(f"config error: {e}")
     device = train.pick_device(cfg.device)
     enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
-    found = [t for split in ('rl', 'test', 'sft') for t in T.load_tasks(os.path.join(cfg.data_dir, f'{split}.jsonl'))
-             if t['task_id'] == args.task]
+    split = args.task.split('/')[0]
+    path = os.path.join(cfg.data_dir, f'{split}.jsonl')
+    found = [t for t in T.load_tasks(path) if t['task_id'] == args.task] if split in train.SPLITS else []
     if not found:
-        raise SystemExit(f"task '{args.task}' is in none of {cfg.data_dir}/rl.jsonl, test.jsonl, sft.jsonl")
+        raise SystemExit(f"task '{args.task}' not found: task ids are SPLIT/N with SPLIT one of "
+                         f"{', '.join(train.SPLITS)} ({cfg.data_dir}/SPLIT.jsonl)")
     ckpt = args.ckpt or next((p for p in (train.rl_path(cfg.out_dir, cfg.method.split(',')[0], cfg.seed),
                                           os.path.join(cfg.out_dir, 'sft.pt')) if os.path.exists(p)), None)
     if ckpt is None:

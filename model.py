@@ -57,6 +57,10 @@ class KVCache:
         self.v = self.v.repeat_interleave(n, dim=1)
         self.lengths = self.lengths.repeat_interleave(n)
 
+    def keep_rows(self, keep):
+        """Drop the rows where the bool mask `keep` is False (finished samples stop costing compute)."""
+        self.k, self.v, self.lengths = self.k[:, keep], self.v[:, keep], self.lengths[keep]
+
 
 class CausalSelfAttention(nn.Module):
 
@@ -234,8 +238,10 @@ class GPT(nn.Module):
         tokens = torch.full((R, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         logps = torch.zeros(R, max_new_tokens, device=dev)
         mask = torch.zeros(R, max_new_tokens, dtype=torch.bool, device=dev)
-        done = torch.zeros(R, dtype=torch.bool, device=dev)
+        stopped = torch.zeros(R, dtype=torch.bool, device=dev)
         stops = torch.tensor(list(stop_ids), dtype=torch.long, device=dev)
+        rows = torch.arange(R, device=dev)  # the output row of each row of the (compacted) batch
+        running = torch.ones(R, dtype=torch.bool, device=dev)  # batch rows still decoding
         for t in range(max_new_tokens):
             logits = logits.float()
             if temperature == 0:
@@ -247,15 +253,19 @@ class GPT(nn.Module):
                     scaled = scaled.masked_fill(scaled < kth, -float('inf'))
                 nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
             lp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]  # log pi(token), temperature 1
-            tokens[:, t] = torch.where(done, pad_id, nxt)
-            logps[:, t] = torch.where(done, 0.0, lp)
-            mask[:, t] = ~done
-            done = done | torch.isin(nxt, stops)
-            if bool(done.all()) or t == max_new_tokens - 1:
+            live, hit = rows[running], torch.isin(nxt, stops) & running
+            tokens[live, t], logps[live, t], mask[live, t] = nxt[running], lp[running], True
+            stopped[rows[hit]] = True
+            running = running & ~hit
+            n_running = int(running.sum())
+            if n_running == 0 or t == max_new_tokens - 1:
                 break
-            logits = self._decode_step(tokens[:, t], cache)
+            if (running.numel() - n_running) * 8 >= running.numel():  # an eighth of the batch finished:
+                cache.keep_rows(running)  # compact, so finished rows stop paying for every later step
+                rows, nxt, running = rows[running], nxt[running], running[running]
+            logits = self._decode_step(nxt, cache)  # finished rows not yet dropped decode junk, never recorded
         T = int(mask.sum(1).max())
-        return Samples(tokens[:, :T], logps[:, :T], mask[:, :T], done)
+        return Samples(tokens[:, :T], logps[:, :T], mask[:, :T], stopped)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

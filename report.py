@@ -42,16 +42,15 @@ def fmt(m, se):
 
 
 def rl_table(train):
-    lines = ['| method | seeds | greedy pass@1 (start -> last evaluation) | at iteration (tokens) | '
+    lines = ['| method | seeds | dev greedy pass@1 (start -> last evaluation) | test greedy pass@1 (end) | '
              'effective groups (mean over iterations) | iterations (tokens) run |', '|---|---|---|---|---|---|']
     for m, r in train.items():
         runs = list(r['seeds'].values())
-        start = mean_se([run['test_pass1_curve'][0][2] for run in runs])
+        start, end = (mean_se([run['eval_pass1_curve'][k][2] for run in runs]) for k in (0, -1))
         eff = mean_se([sum(run['effective_group_frac']) / max(1, len(run['effective_group_frac'])) for run in runs])
         iters, toks = (mean_se([run[k] for run in runs])[0] for k in ('iterations', 'tokens_sampled'))
-        ev_iters, ev_toks = (mean_se([run['test_pass1_curve'][-1][k] for run in runs])[0] for k in (0, 1))
-        lines.append(f"| {m} | {len(runs)} | {fmt(*start)} -> **{fmt(r['test_pass1'], r['test_pass1_se'])}** | "
-                     f"{ev_iters:.0f} ({ev_toks / 1e3:.0f}K) | {fmt(*eff)} | {iters:.0f} ({toks / 1e3:.0f}K) |")
+        lines.append(f"| {m} | {len(runs)} | {fmt(*start)} -> {fmt(*end)} | **{fmt(r['test_pass1'], r['test_pass1_se'])}** | "
+                     f"{fmt(*eff)} | {iters:.0f} ({toks / 1e3:.0f}K) |")
     return '\n'.join(lines)
 
 
@@ -89,7 +88,7 @@ def plot(results, out_dir):
         for i, (m, r) in enumerate(results['train'].items()):
             at = {}  # iteration -> the seeds' (tokens, pass@1) evaluated there
             for run in r['seeds'].values():
-                for it, tok, p in run['test_pass1_curve']:
+                for it, tok, p in run['eval_pass1_curve']:
                     at.setdefault(it, []).append((tok, p))
             it = sorted(at)
             tok = [sum(t for t, _ in at[k]) / len(at[k]) / 1e6 for k in it]
@@ -99,7 +98,7 @@ def plot(results, out_dir):
             eff, w = r['effective_group_frac'], 5  # mean over seeds, then a running mean over w iterations
             smooth = [sum(eff[max(0, k - w + 1):k + 1]) / len(eff[max(0, k - w + 1):k + 1]) for k in range(len(eff))]
             ax3.plot(range(1, len(eff) + 1), smooth, color=f'C{i}', label=m)
-        ax1.set(xlabel='RL iteration', ylabel='greedy pass@1 (test)', title='pass@1 against iteration (mean ± SE)')
+        ax1.set(xlabel='RL iteration', ylabel='greedy pass@1 (dev)', title='pass@1 against iteration (mean ± SE)')
         ax2.set(xlabel='completion tokens sampled (M)', title='pass@1 against sampling budget')
         ax3.set(xlabel='RL iteration', ylabel='fraction of sampled groups',
                title='effective groups (reward std > 0), 5-iteration mean')
@@ -147,7 +146,8 @@ def write_report(results, out_dir):
     if 'sft' in results:
         s = results['sft']
         by_diff = sorted(s['by_difficulty'].items(), key=lambda x: int(x[0]))
-        parts.append(f"## SFT\n\nGreedy pass@1 {s['test_pass1']:.3f}; by difficulty "
+        bands = ''.join(f", {b} {p:.2f}" for b, p in s.get('by_band', {}).items())
+        parts.append(f"## SFT\n\nGreedy pass@1 on test {s['test_pass1']:.3f}{bands}; by difficulty "
                      + ', '.join(f"{d}: {p:.2f}" for d, p in by_diff) + '.\n')
     if results.get('train'):
         parts.append("## RL: ReST-GRPO against GRPO and ReST-DPO\n\nFrom the same SFT model; each run stops at "

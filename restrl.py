@@ -310,14 +310,26 @@ def collect(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
     return batch, sampled, info
 
 
+def _effective_by_difficulty(sampled):
+    """{difficulty: [informative, all]} over the groups of fresh problems (prefix states are easier)."""
+    out = {}
+    for g in sampled:
+        if g['state']['partial'] == '':
+            counts = out.setdefault(g['state']['task']['difficulty'], [0, 0])
+            counts[0] += int(g['reward'].max() > g['reward'].min())
+            counts[1] += 1
+    return dict(sorted(out.items()))
+
+
 def _autocast(cfg):
     return torch.autocast('cuda', dtype=torch.bfloat16) if cfg.dtype == 'bfloat16' else nullcontext()
 
 
-def train_rl(cfg, policy, enc, rl_tasks, test_tasks, path, device, method, log=print):
+def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=print):
     """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
     Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
-    (seed, iteration), so a resumed run equals an uninterrupted one. Returns the history."""
+    (seed, iteration), so a resumed run equals an uninterrupted one. Greedy pass@1 on eval_tasks (the dev split)
+    every rl_eval_interval iterations, on test_tasks once at the end. Returns the history."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got '{method}'")
     if cfg.rl_reward not in ('binary', 'partial'):
@@ -334,8 +346,8 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, path, device, method, log=p
         pool.load_state_dict(ckpt['pool'])
         history, it0 = ckpt['history'], ckpt['iter_num']
         log(f"rl {method}: resuming from iteration {it0} of {path}")
-    evaluate = lambda: T.evaluate_greedy(policy, enc, T.spread(test_tasks, cfg.eval_tasks), device,
-                                         cfg.max_new_tokens, cfg.eval_batch_size)
+    evaluate = lambda task_list, n: T.evaluate_greedy(policy, enc, T.spread(task_list, n), device,
+                                                      cfg.max_new_tokens, cfg.eval_batch_size)
 
     def checkpoint(it):
         save_checkpoint(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it, method=method,
@@ -343,10 +355,10 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, path, device, method, log=p
                              config=vars(cfg)), path)
 
     if not history:  # iteration 0: the starting policy
-        ev = evaluate()
-        history.append(dict(iter=0, tokens_sampled=0, wall_total=0.0, test_pass1=ev['pass1'],
-                            test_by_difficulty=ev['by_difficulty']))
-        log(f"rl {method}: start, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks")
+        ev = evaluate(eval_tasks, cfg.eval_tasks)
+        history.append(dict(iter=0, tokens_sampled=0, wall_total=0.0, eval_pass1=ev['pass1'],
+                            eval_by_difficulty=ev['by_difficulty']))
+        log(f"rl {method}: start, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} {cfg.eval_split} tasks")
     pad, ctx = T.pad_id(enc), _autocast(cfg)
     bar = tqdm(total=cfg.rl_iters, initial=it0, desc=f'rl {method}', dynamic_ncols=True)
     for it in range(it0, cfg.rl_iters):
@@ -372,6 +384,7 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, path, device, method, log=p
                    effective_group_frac=(R.amax(1) > R.amin(1)).float().mean().item(),  # nonzero std
                    reward_std=R.std(1, correction=0).mean().item(), reward_fresh=R_fresh.mean().item(),
                    effective_group_frac_fresh=(R_fresh.amax(1) > R_fresh.amin(1)).float().mean().item(),
+                   effective_groups_by_difficulty=_effective_by_difficulty(sampled),
                    groups_sampled=len(sampled), groups_trained=len(batch),
                    prefix_states_sampled=int((~fresh).sum()),
                    harvested=info['harvested'], buffer=len(pool.buffer), rounds=info['rounds'],
@@ -381,8 +394,8 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, path, device, method, log=p
                    score_share=info['t_score'] / wall, update_share=(t0 + wall - t1) / wall, **stats)
         spent = cfg.rl_token_budget and rec['tokens_sampled'] >= cfg.rl_token_budget  # the last iteration too
         if (it + 1) % cfg.rl_eval_interval == 0 or it + 1 == cfg.rl_iters or spent:
-            ev = evaluate()
-            rec.update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'])
+            ev = evaluate(eval_tasks, cfg.eval_tasks)
+            rec.update(eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty'])
         history.append(rec)
         checkpoint(it + 1)
         bar.update(1)
@@ -392,10 +405,14 @@ def train_rl(cfg, policy, enc, rl_tasks, test_tasks, path, device, method, log=p
             f"{rec['effective_group_frac']:.2f} of {len(sampled)}, trained on {len(batch)}, kl {stats.get('kl', 0):.4f}, "
             f"{rec['tokens_sampled']} tokens, {wall:.1f}s (sample {rec['sample_share']:.0%}, score "
             f"{rec['score_share']:.0%}, update {rec['update_share']:.0%})"
-            + (f", test pass@1 {rec['test_pass1']:.3f}" if 'test_pass1' in rec else ''))
+            + (f", {cfg.eval_split} pass@1 {rec['eval_pass1']:.3f}" if 'eval_pass1' in rec else ''))
     bar.close()
-    if 'test_pass1' not in history[-1]:  # stopped between evaluations (a lowered rl_iters): evaluate the end
-        ev = evaluate()
+    if 'eval_pass1' not in history[-1]:  # stopped between evaluations (a lowered rl_iters): evaluate the end
+        ev = evaluate(eval_tasks, cfg.eval_tasks)
+        history[-1].update(eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty'])
+    if 'test_pass1' not in history[-1]:  # the final table's number: the test split, read once per run
+        ev = evaluate(test_tasks, cfg.final_eval_tasks)
         history[-1].update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'])
+        log(f"rl {method}: final greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)})")
         checkpoint(history[-1]['iter'])
     return history

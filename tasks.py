@@ -180,6 +180,18 @@ def solved(result):
     return result.total > 0 and result.passed == result.total  # pass@1 counts a program that passes every test
 
 
+# APPS reports by difficulty band; here a band is a range of step counts (external sets: difficulty 0)
+BANDS = (('introductory', range(0, 4)), ('interview', range(4, 7)), ('competition', range(7, 100)))
+
+
+def band(difficulty):
+    return next(name for name, steps in BANDS if difficulty in steps)
+
+
+def format_bands(ev):
+    return ', '.join(f"{b} {p:.2f}" for b, p in ev['by_band'].items())
+
+
 @torch.no_grad()
 def evaluate_greedy(model, enc, task_list, device, max_new_tokens=128, batch_size=256):
     """Greedy pass@1 of the policy on task_list, overall and per difficulty."""
@@ -194,8 +206,10 @@ def evaluate_greedy(model, enc, task_list, device, max_new_tokens=128, batch_siz
     model.train(was_training)
     results = sandbox.run_batch([(p, t['tests']) for p, t in zip(programs, task_list)])
     ok = [solved(r) for r in results]
-    by_difficulty = {}
+    by_difficulty, by_band = {}, {}
     for t, o in zip(task_list, ok):
         by_difficulty.setdefault(t['difficulty'], []).append(o)
+        by_band.setdefault(band(t['difficulty']), []).append(o)
     return dict(pass1=sum(ok) / max(1, len(ok)), n=len(ok),
-                by_difficulty={d: sum(v) / len(v) for d, v in sorted(by_difficulty.items())})
+                by_difficulty={d: sum(v) / len(v) for d, v in sorted(by_difficulty.items())},
+                by_band={b: sum(by_band[b]) / len(by_band[b]) for b, _ in BANDS if b in by_band})

@@ -1,7 +1,8 @@
 """
-Generate the toy code benchmark (sft.jsonl, rl.jsonl, test.jsonl) and train its BPE tokenizer.
+Generate the toy code benchmark (sft, rl, dev, test .jsonl) and train its BPE tokenizer.
 
-    python data/prepare.py                         # everything, default knobs (a few minutes on 2 cores)
+    python data/prepare.py                         # everything, default knobs (about 6 minutes on 2 cores)
+    python data/prepare.py --mutation_report       # mutation score of the shipped dev and test hidden tests
     python data/prepare.py --max_steps=8 --hard    # knobs: see Knobs below, or --help
     python data/prepare.py --tokenizer             # retrain only the tokenizer, from data/sft.jsonl
 
@@ -17,17 +18,21 @@ A task is a small program over an integer list: 1..K primitive steps, one line e
         return sum(ys)
 
 Every program is run (in-process, it is our own code) on a fixed probe set of inputs to reject the
-degenerate ones and to de-duplicate by behaviour; hidden tests are picked by mutation testing (inputs
-that tell the program apart from its near misses); the sandbox then checks every canonical solution.
-Generation is stdlib only and seeded: the same knobs give byte-identical files.
+degenerate ones and to de-duplicate by behaviour; hidden tests are picked by mutation testing: every
+single-step near miss of the solution that behaves differently on some candidate input fails at least one
+hidden test; the sandbox then checks every canonical solution. Generation is stdlib only and seeded: the
+same knobs give byte-identical files (tasks are built in parallel processes, each from its own seed).
 """
 
 import argparse
+import ast
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import random
+import re
 import sys
 import textwrap
 import time
@@ -131,18 +136,18 @@ RETURNS = [  # (name, sampling weight, expression, phrasings)
 PRIM = {p[0]: p for p in PRIMITIVES}
 RET = {r[0]: r for r in RETURNS}
 CONNECTORS = [', then ', '; then ', ', and then ', '. Then ']
-# near misses of a step, used as mutants when picking the hidden tests
-SIBLING = {'sort': 'sort_desc', 'sort_desc': 'sort', 'keep_gt': 'keep_lt', 'keep_lt': 'keep_gt', 'take': 'drop',
-           'drop': 'take', 'take_last': 'drop_last', 'drop_last': 'take_last', 'keep_even': 'keep_odd',
-           'keep_odd': 'keep_even', 'add': 'sub', 'sub': 'add', 'cap': 'floor', 'floor': 'cap',
-           'append': 'prepend', 'prepend': 'append', 'abs': 'neg', 'neg': 'abs', 'square': 'abs'}
+# Families of steps that a near miss confuses with each other (same constant): the "sibling" mutants.
+FAMILIES = [('sort', 'sort_desc', 'reverse'), ('add', 'sub'), ('mul', 'floordiv', 'mod'), ('neg', 'abs', 'square'),
+            ('keep_even', 'keep_odd'), ('keep_gt', 'keep_lt'), ('take', 'drop', 'take_last', 'drop_last', 'rotate'),
+            ('cumsum', 'diffs'), ('cap', 'floor'), ('append', 'prepend'), ('every_other', 'dedupe')]
+FAMILY = {name: fam for fam in FAMILIES for name in fam}
 
 
 @dataclass
 class Knobs:
     seed: int = 1337
     min_steps: int = 1            # difficulty = number of steps
-    max_steps: int = 6
+    max_steps: int = 8
     primitives: str = 'all'       # comma-separated primitive names, or 'all'
     returns: str = 'all'          # comma-separated return names, or 'all'
     values: tuple = (-9, 9)       # elements of every input list
@@ -153,15 +158,24 @@ class Knobs:
     list_len: tuple = (1, 8)      # lengths of hidden-test inputs (the empty list is always tested too)
     example_len: tuple = (3, 6)   # lengths of the docstring examples' inputs
     examples: tuple = (1, 3)      # docstring examples per task
-    tests: tuple = (5, 10)        # hidden tests per task
+    tests: tuple = (5, 10)        # hidden tests per task, before the mutation check adds what it needs
+    pool: int = 48                # random candidate inputs per task for the hidden tests (plus the probe set)
     hard: bool = False            # example-only docstrings (programming by example, as DeepCoder)
-    sft: int = 14000              # tasks, spread evenly over the difficulties (25 MB of JSONL in all)
-    rl: int = 2000
-    test: int = 300               # tasks per difficulty
+    sft: int = 14000              # tasks, spread over the difficulties by sft_mix
+    sft_mix: str = '1,1,1,1,1,1,0.2,0.1'  # relative share of sft tasks per difficulty min_steps..max_steps: few
+    #                               long programs in the warm start make 7-8 steps the hard tail (README)
+    rl: int = 12000
+    dev: int = 100                # tasks per difficulty: every tuning run and checkpoint choice reads dev
+    test: int = 300               # tasks per difficulty: only the final tables read test
     max_abs: int = 999            # reject programs whose values leave [-max_abs, max_abs] on the probes
-    max_chars: int = 700          # prompt + solution; examples are dropped (down to one) to fit
+    max_chars: int = 800          # prompt + solution; examples are dropped (down to one) to fit
     patience: int = 4000          # consecutive rejected samples before a difficulty counts as exhausted
     verify: bool = True           # run every canonical solution in the sandbox
+    workers: int = 0              # processes that build tasks (0: one per core); the bytes do not depend on it
+
+
+SPLITS = ('sft', 'rl', 'dev', 'test')
+HELD_OUT = ('test', 'dev')  # compositions of these splits occur in no other split
 
 
 # -----------------------------------------------------------------------------
@@ -170,17 +184,27 @@ class Knobs:
 _fn_cache = {}
 
 
+def compiled(expr):
+    """`lambda ys: expr`, compiled once: a step or a return as the very expression written into a solution."""
+    if expr not in _fn_cache:
+        _fn_cache[expr] = eval('lambda ys: ' + expr)
+    return _fn_cache[expr]
+
+
+def step_expr(name, k):
+    return PRIM[name][3].format(s='ys', v='y', k=k)
+
+
+def ret_expr(name):
+    return RET[name][2].format(s='ys')
+
+
 def step_fn(name, k):
-    """The step as a Python function, compiled from the very expression written into the solution."""
-    if (name, k) not in _fn_cache:
-        _fn_cache[name, k] = eval('lambda ys: ' + PRIM[name][3].format(s='ys', v='y', k=k))
-    return _fn_cache[name, k]
+    return compiled(step_expr(name, k))
 
 
 def ret_fn(name):
-    if name not in _fn_cache:
-        _fn_cache[name] = eval('lambda ys: ' + RET[name][2].format(s='ys'))
-    return _fn_cache[name]
+    return compiled(ret_expr(name))
 
 
 def run_program(steps, ret, xs):
@@ -269,22 +293,81 @@ def sample_program(rng, d, choices_by_name, weights, rets, ret_weights):
     return steps, rng.choices(rets, ret_weights)[0]
 
 
-def mutants(steps, ret):
-    """Near misses of a program: no steps, a step deleted, neighbours swapped, a constant +-1, a sibling
-    step (sort <-> sort_desc, take <-> drop, ...), another number-valued return."""
-    out = [((), ret)]
-    for i, (name, k) in enumerate(steps):
-        out.append((steps[:i] + steps[i + 1:], ret))
-        if i + 1 < len(steps):
-            out.append((steps[:i] + (steps[i + 1], steps[i]) + steps[i + 2:], ret))
-        alts = [(name, k + 1), (name, k - 1)] if k is not None else []
-        alts += [(SIBLING[name], k)] if name in SIBLING else []
-        for alt in alts:
-            if not (PRIM[alt[0]][1] == 'factor' and alt[1] == 0):  # no division by zero
-                out.append((steps[:i] + (alt,) + steps[i + 1:], ret))
-    if ret != 'list':
-        out += [(steps, r) for r in RET if r not in ('list', ret)]
+# -----------------------------------------------------------------------------
+# mutants: the single-step near misses that the hidden tests must kill
+
+SWAPS = [(' < ', ' > '), (' == ', ' != '), ('min(', 'max('), (' + ', ' - '), (' * ', ' // '), ('True', 'False'),
+         ('[::2]', '[1::2]'), ('sorted(ys)', 'sorted(ys, reverse=True)')]
+
+
+def expr_mutants(expr):
+    """Near misses of one step or return expression: every integer literal moved by -3..+3, a comparison,
+    min/max, +/-, * and //, True/False swapped, an off-by-one stride, a sort turned round."""
+    out = []
+    for m in re.finditer(r'\d+', expr):
+        n = int(m.group())
+        for d in (-3, -2, -1, 1, 2, 3):
+            v = n + d
+            out.append(expr[:m.start()] + (str(v) if v >= 0 else f'({v})') + expr[m.end():])
+    for a, b in SWAPS:
+        for x, y in ((a, b), (b, a)):
+            i = expr.find(x)
+            while i >= 0:
+                out.append(expr[:i] + y + expr[i + len(x):])
+                i = expr.find(x, i + 1)
     return out
+
+
+def mutants(steps, ret):
+    """Every single-step mutant of a program, as (i, exprs, ret_expr): the program's first i steps, then the
+    step expressions `exprs`, then the return. Mutations: a step's expression edited (expr_mutants), a sibling
+    step of its family with the same constant, a step dropped, two neighbouring steps swapped, another return."""
+    exprs = [step_expr(n, k) for n, k in steps]
+    r = ret_expr(ret)
+    out = [(0, (), r)]  # no steps at all
+    for i, (name, k) in enumerate(steps):
+        rest = tuple(exprs[i + 1:])
+        alts = expr_mutants(exprs[i]) + [step_expr(s, k) for s in FAMILY.get(name, ()) if s != name
+                                         if (PRIM[s][1] is None) == (k is None)]
+        out += [(i, (e,) + rest, r) for e in alts]
+        out.append((i, rest, r))  # step i dropped
+        if i + 1 < len(steps):
+            out.append((i, (exprs[i + 1], exprs[i]) + tuple(exprs[i + 2:]), r))
+    n = len(steps)
+    out += [(n, (), e) for e in expr_mutants(r)]
+    if ret != 'list':  # another number-valued return
+        out += [(n, (), ret_expr(o)) for o in RET if o not in ('list', ret)]
+    return out
+
+
+def behaviour(inputs, exprs, ret):
+    """repr of the output on each input ('raises X' where it raises): repr tells 1 from True and [1] from (1,)."""
+    fns, rf, out = [compiled(e) for e in exprs], compiled(ret), []
+    for ys in inputs:
+        try:
+            for fn in fns:
+                ys = fn(ys)
+            out.append(repr(rf(ys)))
+        except Exception as e:  # a mutant may divide by zero
+            out.append('raises ' + type(e).__name__)
+    return out
+
+
+def mutant_behaviours(steps, ret, inputs):
+    """The original's outputs on `inputs` and every distinct mutant's, each run from the original's values
+    before the step it changes."""
+    inter = [list(inputs)]  # inter[i]: the values before step i
+    for name, k in steps:
+        fn = step_fn(name, k)
+        inter.append([fn(ys) for ys in inter[-1]])
+    want = behaviour(inter[-1], (), ret_expr(ret))
+    seen, outs = set(), []
+    for i, exprs, r in mutants(steps, ret):
+        key = (tuple(step_expr(*s) for s in steps[:i]) + exprs, r)
+        if key not in seen:
+            seen.add(key)
+            outs.append(behaviour(inter[i], exprs, r))
+    return want, outs
 
 
 # -----------------------------------------------------------------------------
@@ -294,27 +377,35 @@ def random_list(rng, lo_len, hi_len, kn):
     return [rng.randint(*kn.values) for _ in range(rng.randint(lo_len, hi_len))]
 
 
-def pick_tests(rng, steps, ret, kn, avoid):
-    """Hidden-test inputs: the empty list, one with negatives and duplicates, then greedily the inputs
-    that tell the program apart from the most remaining mutants. A test that a trivial body passes
-    too (output == input while one such test is in already, or an output used twice) comes last."""
+def pick_tests(rng, steps, ret, kn, avoid, probes):
+    """Hidden-test inputs: the empty list and one with negatives and duplicates, then greedily the input that
+    kills the most mutants still alive, until every mutant that differs from the program on some candidate
+    (kn.pool random lists, then the probe set) fails a test; then more, up to a random count in kn.tests.
+    Ties go to short random lists, to outputs within max_abs, and away from tests a trivial body passes too
+    (output == input while one such test is in already, or an output used twice)."""
     dup = random_list(rng, max(3, kn.list_len[0]), max(3, kn.list_len[1]), kn)
     dup[0], dup[-1] = (-abs(dup[0]) or -1) if kn.values[0] < 0 else dup[0], dup[1]
     forced = [x for x in ([], dup) if repr(x) not in avoid]
-    pool = forced + [random_list(rng, *kn.list_len, kn) for _ in range(24)]
-    pool = [x for i, x in enumerate(pool) if repr(x) not in avoid and x not in pool[:i]]
-    want = [run_program(steps, ret, x) for x in pool]
-    ok = [max(map(abs, w if isinstance(w, list) else [w]), default=0) <= kn.max_abs for w in want]
-    alive = [[run_program(s, r, x) for x in pool] for s, r in mutants(steps, ret)]
-    chosen, n_tests = list(range(len(forced))), min(rng.randint(*kn.tests), len(pool))
-    while len(chosen) < n_tests:
+    pool, is_random = [], []  # candidate inputs, and whether each is one of our random lists (not a probe)
+    for x, rand in [(x, True) for x in forced + [random_list(rng, *kn.list_len, kn) for _ in range(kn.pool)]] + \
+                   [(x, False) for x in probes]:
+        if repr(x) not in avoid and x not in pool:
+            pool.append(x)
+            is_random.append(rand)
+    want, outs = mutant_behaviours(steps, ret, pool)
+    alive = [m for m in outs if m != want]  # the distinguishable mutants
+    ok = [max((abs(int(v)) for v in re.findall(r'-?\d+', w)), default=0) <= kn.max_abs for w in want]
+    chosen, n_tests = list(range(len(forced))), rng.randint(*kn.tests)
+    while True:
         alive = [m for m in alive if all(m[c] == want[c] for c in chosen)]
-        outputs = Counter(repr(want[c]) for c in chosen)
-        n_identity = sum(want[c] == pool[c] for c in chosen)
-        strong = lambda i: not ((want[i] == pool[i] and n_identity) or outputs[repr(want[i])] >= 2)
-        score = lambda i: (ok[i], strong(i), sum(m[i] != want[i] for m in alive), repr(want[i]) not in outputs)
+        if not alive and len(chosen) >= min(n_tests, len(pool)):
+            break
+        outputs = Counter(want[c] for c in chosen)
+        n_identity = sum(want[c] == repr(pool[c]) for c in chosen)
+        strong = lambda i: not ((want[i] == repr(pool[i]) and n_identity) or outputs[want[i]] >= 2)
+        score = lambda i: (sum(m[i] != want[i] for m in alive), is_random[i], ok[i], strong(i), want[i] not in outputs)
         chosen.append(max((i for i in range(len(pool)) if i not in chosen), key=score))
-    return [(pool[i], want[i]) for i in chosen]
+    return [(pool[i], run_program(steps, ret, pool[i])) for i in chosen]
 
 
 def pick_examples(rng, steps, ret, kn, n):
@@ -351,10 +442,10 @@ def make_prompt(words, examples):
     return f'def f(xs):\n{doc}    """\n'
 
 
-def make_task(rng, steps, ret, kn):
+def make_task(rng, steps, ret, kn, probes):
     examples = pick_examples(rng, steps, ret, kn, rng.randint(*kn.examples))
     # no hidden test repeats an example: a body that looks the examples up earns nothing
-    tests = pick_tests(rng, steps, ret, kn, avoid={repr(x) for x, _ in examples})
+    tests = pick_tests(rng, steps, ret, kn, {repr(x) for x, _ in examples}, probes)
     words = '' if kn.hard else describe(rng, steps, ret)
     solution = solution_code(steps, ret)
     while len(examples) > 1 and len(make_prompt(words, examples) + solution) > kn.max_chars:
@@ -372,7 +463,9 @@ def make_task(rng, steps, ret, kn):
 # -----------------------------------------------------------------------------
 # the benchmark: sample programs per difficulty, split by composition, build tasks
 
-def generate(kn, log=print):
+def sample_programs(kn, log=print):
+    """Sample distinct, non-degenerate programs per difficulty and give each composition one split.
+    Returns ([(split, steps, ret), ...], probes)."""
     rng = random.Random(kn.seed)
     choices = step_choices(kn)
     rets = [r[0] for r in RETURNS] if kn.returns == 'all' else kn.returns.split(',')
@@ -389,12 +482,15 @@ def generate(kn, log=print):
     short = short_behaviours(choices, rets, probes)
     log(f"prepare: {len(choices)} step choices, {len(rets)} returns; all programs of <= 2 steps "
         f"fingerprinted in {time.time() - t0:.1f}s")
-    difficulties = range(kn.min_steps, kn.max_steps + 1)
-    splits = {'sft': [], 'rl': [], 'test': []}
-    seen, prompts = set(), set()
-    for d in difficulties:
+    mix = [float(w) for w in kn.sft_mix.split(',')]
+    if len(mix) != kn.max_steps - kn.min_steps + 1:
+        raise ValueError(f"sft_mix has {len(mix)} weights for {kn.max_steps - kn.min_steps + 1} difficulties")
+    assigned, seen, taken = [], set(), Counter()
+    for d in range(kn.min_steps, kn.max_steps + 1):
         left = kn.max_steps + 1 - d  # difficulties still to fill share what earlier ones could not take
-        quota = {'test': kn.test, 'rl': (kn.rl - len(splits['rl'])) // left, 'sft': (kn.sft - len(splits['sft'])) // left}
+        w = mix[d - kn.min_steps:]
+        quota = {'test': kn.test, 'dev': kn.dev, 'rl': (kn.rl - taken['rl']) // left,
+                 'sft': int((kn.sft - taken['sft']) * w[0] / sum(w))}
         programs, misses, attempts = {}, 0, 0  # composition -> [(steps, ret), ...]
         while sum(map(len, programs.values())) < sum(quota.values()) and misses < kn.patience:
             attempts += 1
@@ -407,28 +503,56 @@ def generate(kn, log=print):
             seen.add(fp)
             programs.setdefault(solution_code(steps, 'list'), []).append((steps, ret))
         # composition = the step lines as written (the sequence of steps with their constants, the
-        # return excluded; keyed by the code since keep_multiple 2 is keep_even): a test task's step
-        # lines never occur, in that order with those constants, in sft or rl. When a difficulty has
-        # fewer programs than wanted (1 step), test takes at most half and rl/sft share the rest.
+        # return excluded; keyed by the code since keep_multiple 2 is keep_even): a test or dev task's
+        # step lines never occur, in that order with those constants, in any other split. When a
+        # difficulty has fewer programs than wanted (1 step), test takes at most 40% of them, dev at
+        # most 15%, and rl/sft share the rest.
         n = sum(map(len, programs.values()))
         if n < sum(quota.values()):
-            quota['test'] = min(quota['test'], n // 2)
-            quota['rl'] = round((n - quota['test']) * quota['rl'] / (quota['rl'] + quota['sft']))
+            quota['test'], quota['dev'] = min(quota['test'], n * 2 // 5), min(quota['dev'], n * 3 // 20)
+            rest = n - quota['test'] - quota['dev']
+            quota['rl'] = round(rest * quota['rl'] / (quota['rl'] + quota['sft']))
         comps = list(programs)
         rng.shuffle(comps)
-        got = {s: 0 for s in quota}
+        got = Counter()
         for comp in comps:
-            split = next((s for s in ('test', 'rl') if got[s] < quota[s]), 'sft')
-            for steps, ret in programs[comp]:
-                task = make_task(random.Random(f"{kn.seed}/{d}/{split}/{got[split]}"), steps, ret, kn)
-                if task['prompt'] in prompts:
-                    continue  # (possible in hard mode: two programs with the same examples)
-                prompts.add(task['prompt'])
-                task['task_id'] = f"{split}/{len(splits[split])}"
-                splits[split].append(task)
-                got[split] += 1
-        log(f"prepare: difficulty {d}: {attempts} programs sampled, {sum(got.values())} kept "
-            f"(sft {got['sft']}, rl {got['rl']}, test {got['test']}), {time.time() - t0:.0f}s")
+            split = next((s for s in ('test', 'dev', 'rl') if got[s] < quota[s]), 'sft')
+            got[split] += len(programs[comp])
+            assigned += [(split, steps, ret) for steps, ret in programs[comp]]
+        taken.update(got)
+        log(f"prepare: difficulty {d}: {attempts} programs sampled, {n} kept "
+            f"({', '.join(f'{s} {got[s]}' for s in SPLITS)}), {time.time() - t0:.0f}s")
+    return assigned, probes
+
+
+_PROBES = None  # the probe set, for the task-building processes (inherited through fork)
+
+
+def _build(job):
+    kn, steps, ret = job
+    # each task's randomness comes from its own program, so the bytes do not depend on the process count
+    return make_task(random.Random(f"{kn.seed}/{steps}/{ret}"), steps, ret, kn, _PROBES)
+
+
+def generate(kn, log=print):
+    global _PROBES
+    assigned, _PROBES = sample_programs(kn, log)
+    t0, jobs = time.time(), [(kn, steps, ret) for _, steps, ret in assigned]
+    workers = kn.workers or os.cpu_count() or 1
+    if workers > 1 and len(jobs) > 200:
+        with multiprocessing.get_context('fork').Pool(workers) as pool:
+            built = pool.map(_build, jobs, chunksize=64)
+    else:
+        built = [_build(job) for job in jobs]
+    splits, prompts = {s: [] for s in SPLITS}, set()
+    for (split, _, _), task in zip(assigned, built):
+        if task['prompt'] in prompts:
+            continue  # (possible in hard mode: two programs with the same examples)
+        prompts.add(task['prompt'])
+        task['task_id'] = f"{split}/{len(splits[split])}"
+        splits[split].append(task)
+    log(f"prepare: {len(built)} tasks built ({workers} processes) in {time.time() - t0:.0f}s: "
+        + ', '.join(f"{s} {len(ts)}" for s, ts in splits.items()))
     keys = ['task_id', 'prompt', 'entry_point', 'canonical_solution', 'test', 'tests', 'difficulty']
     return {s: [{k: t[k] for k in keys} for t in ts] for s, ts in splits.items()}
 
@@ -455,6 +579,57 @@ def verify(splits, log=print):
             raise RuntimeError(f"{len(bad)} canonical solutions fail in the sandbox, e.g. {bad[:3]}")
     log(f"prepare: verified all {len(tasks)} canonical solutions, in-process and in the sandbox, "
         f"in {time.time() - t0:.0f}s")
+
+
+def parse_task(task, kn):
+    """(steps, ret, [(input, expected repr), ...]) of a shipped toy task, read back from its text."""
+    lines = {}
+    for name, k in step_choices(kn):
+        for s in ('xs', 'ys'):
+            lines[f"    ys = {PRIM[name][3].format(s=s, v=s[0], k=k)}"] = (name, k)
+    rets = {f"    return {RET[r][2].format(s=s)}": r for r in RET for s in ('xs', 'ys')}
+    body = task['canonical_solution'].rstrip('\n').split('\n')
+    steps, ret = tuple(lines[l] for l in body[:-1]), rets[body[-1]]
+    tests = []
+    for t in task['tests']:  # r = f(X); assert type(r) is T and r == Y
+        x = ast.literal_eval(t[len('r = f('):t.index('); ')])
+        tests.append((x, repr(ast.literal_eval(t[t.index(' and r == ') + len(' and r == '):]))))
+    return steps, ret, tests
+
+
+def mutation_score(task_list, kn, n_fresh=200):
+    """Killed / distinguishable single-step mutants of each task's solution, with 'distinguishable' judged two
+    ways: on the probe set the generator used, and on n_fresh random inputs it never saw (an independent
+    check that the hidden tests generalise). Returns {'probes': (killed, total), 'fresh': ..., 'survivors': [...]}."""
+    probes = make_probes(random.Random(kn.seed), kn)
+    rng = random.Random(f"{kn.seed}/fresh")
+    fresh = [random_list(rng, 0, max(kn.list_len[1], 10), kn) for _ in range(n_fresh)]
+    score = {'probes': [0, 0], 'fresh': [0, 0], 'survivors': []}
+    for task in task_list:
+        steps, ret, tests = parse_task(task, kn)
+        inputs = [x for x, _ in tests]
+        want = [y for _, y in tests]
+        for name, ins in (('probes', probes), ('fresh', fresh)):
+            base, outs = mutant_behaviours(steps, ret, ins + inputs)
+            for m in outs:
+                if m[:len(ins)] != base[:len(ins)]:  # the mutant is distinguishable on these inputs
+                    killed = m[len(ins):] != want
+                    score[name][0] += killed
+                    score[name][1] += 1
+                    if not killed and name == 'probes':
+                        score['survivors'].append(task['task_id'])
+    return {k: tuple(v) if k != 'survivors' else v for k, v in score.items()}
+
+
+def mutation_report(data_dir, kn, log=print):
+    for split in HELD_OUT:
+        sys.path.insert(0, ROOT)
+        import tasks
+        t0 = time.time()
+        s = mutation_score(tasks.load_tasks(os.path.join(data_dir, f'{split}.jsonl')), kn)
+        (kp, np_), (kf, nf) = s['probes'], s['fresh']
+        log(f"mutation score, {split}: {kp}/{np_} = {kp / np_:.4f} of the mutants distinguishable on the probe set, "
+            f"{kf}/{nf} = {kf / nf:.4f} of those distinguishable on 200 fresh random inputs ({time.time() - t0:.0f}s)")
 
 
 def write_splits(splits, out_dir):
@@ -491,16 +666,21 @@ def main(argv=None):
             ap.add_argument(f'--{f.name}', type=type(f.default), default=f.default)
     ap.add_argument('--out_dir', default=DATA_DIR)
     ap.add_argument('--tokenizer', action='store_true', help='only retrain the tokenizer from out_dir/sft.jsonl')
+    ap.add_argument('--mutation_report', action='store_true', help='only report the mutation score of out_dir/{dev,test}')
     ap.add_argument('--vocab_size', type=int, default=1024, help='upper bound; training stops when no pair is left')
     args = vars(ap.parse_args(argv))
     out_dir, only_tok, vocab_size = args.pop('out_dir'), args.pop('tokenizer'), args.pop('vocab_size')
+    only_report = args.pop('mutation_report')
     kn = Knobs(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    if only_report:
+        return mutation_report(out_dir, kn)
     if not only_tok:
         splits = generate(kn)
         if kn.verify:
             verify(splits)
         os.makedirs(out_dir, exist_ok=True)
         write_splits(splits, out_dir)
+        mutation_report(out_dir, kn)
     train_tokenizer(os.path.join(out_dir, 'sft.jsonl'), os.path.join(out_dir, 'tokenizer.tiktoken'), vocab_size)
 
 

@@ -16,15 +16,16 @@ import tasks as T  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location('prepare', os.path.join(ROOT, 'data', 'prepare.py'))
 prepare = importlib.util.module_from_spec(_spec)
+sys.modules['prepare'] = prepare  # its worker processes find their function by module name
 _spec.loader.exec_module(prepare)
 
-SPLITS = {s: T.load_tasks(os.path.join(T.DATA_DIR, f'{s}.jsonl')) for s in ('sft', 'rl', 'test')}
+SPLITS = {s: T.load_tasks(os.path.join(T.DATA_DIR, f'{s}.jsonl')) for s in prepare.SPLITS}
 ALL = [t for ts in SPLITS.values() for t in ts]
 SAMPLE = random.Random(0).sample(ALL, 300)  # fixed sample for the sandbox checks
 ENC = T.get_tokenizer()
 # small, fast generator settings (few primitives so fingerprinting all 2-step programs is quick)
-SMALL = dict(primitives='sort,reverse,add,mul,keep_gt,take,drop,cumsum', max_steps=3, sft=60, rl=12, test=8,
-             verify=False)
+SMALL = dict(primitives='sort,reverse,add,mul,keep_gt,take,drop,cumsum', max_steps=3, sft=60, sft_mix='1,1,1', rl=12,
+             dev=4, test=8, verify=False)
 
 
 def composition(task):
@@ -32,8 +33,10 @@ def composition(task):
 
 
 def test_splits_disjoint_by_composition_and_prompt():
-    train = {tuple(composition(t)) for s in ('sft', 'rl') for t in SPLITS[s]}
-    assert not [t['task_id'] for t in SPLITS['test'] if tuple(composition(t)) in train]
+    comps = {s: {tuple(composition(t)) for t in ts} for s, ts in SPLITS.items()}
+    for held_out in ('test', 'dev'):  # test and dev share no composition with each other or with sft / rl
+        for other in set(SPLITS) - {held_out}:
+            assert not comps[held_out] & comps[other], (held_out, other)
     prompts = [t['prompt'] for t in ALL]
     assert len(set(prompts)) == len(prompts)
     assert len({t['task_id'] for t in ALL}) == len(ALL)
@@ -46,10 +49,11 @@ def test_shape_of_the_shipped_tasks():
         assert 5 <= len(t['tests']) <= 10 and t['tests'][0].startswith('r = f([]); ')  # the empty list
         inputs = [ast.literal_eval(s[len('r = f('):s.index('); ')]) for s in t['tests']]
         assert any(min(x, default=0) < 0 and len(set(x)) < len(x) for x in inputs)  # negatives, duplicates
-    for d in range(1, 7):  # standard error of pass@1 under 3 points at every difficulty
-        n = sum(t['difficulty'] == d for t in SPLITS['test'])
-        assert n >= 280 and (0.25 / n) ** 0.5 < 0.03
-    assert sum(os.path.getsize(os.path.join(T.DATA_DIR, f'{s}.jsonl')) for s in SPLITS) < 26e6
+    count = lambda split, d: sum(t['difficulty'] == d for t in SPLITS[split])
+    assert [count('test', d) for d in range(1, 9)][1:] == [300] * 7 and count('test', 1) >= 200
+    assert [count('dev', d) for d in range(1, 9)][1:] == [100] * 7 and count('dev', 1) >= 80
+    assert len(SPLITS['rl']) >= 10_000 and min(count('rl', d) for d in range(2, 9)) >= 1_000
+    assert sum(os.path.getsize(os.path.join(T.DATA_DIR, f'{s}.jsonl')) for s in SPLITS) < 60e6
 
 
 def test_every_canonical_solution_passes_in_process():
@@ -95,6 +99,107 @@ def test_lookup_of_examples_fails_most_hidden_tests():
     results = sandbox.run_batch([(t['prompt'] + lookup_body(t['prompt']), t['tests']) for t in SAMPLE])
     rewards = [r.reward for r in results]
     assert max(rewards) <= 0.5 and sum(rewards) / len(rewards) < 0.1
+
+
+# -----------------------------------------------------------------------------
+# hidden tests against near misses, checked with a mutator of our own that edits the solution's text
+
+TEXT_SWAPS = [('<', '>'), ('==', '!='), ('min', 'max'), (' + ', ' - '), (' * ', ' // '), ('True', 'False'),
+              ('[::2]', '[1::2]'), ('sorted(ys)', 'sorted(ys, reverse=True)'), ('sorted(xs)', 'sorted(xs, reverse=True)')]
+
+
+def text_mutants(solution):
+    """Solutions one edit away: an integer literal moved by -3..+3, an operator or min/max swapped, a stride
+    off by one, a sort turned round, a step line dropped (the first one becomes ys = xs)."""
+    body = solution.rstrip('\n').split('\n')
+    out = []
+    for i, line in enumerate(body):
+        variants = []
+        for m in __import__('re').finditer(r'[0-9]+', line):
+            for d in (-3, -2, -1, 1, 2, 3):
+                v = int(m.group()) + d
+                variants.append(line[:m.start()] + (str(v) if v >= 0 else f'({v})') + line[m.end():])
+        for a, b in TEXT_SWAPS + [(b, a) for a, b in TEXT_SWAPS]:
+            start = line.find(a)
+            while start >= 0:
+                variants.append(line[:start] + b + line[start + len(a):])
+                start = line.find(a, start + 1)
+        if i < len(body) - 1:  # a step line, not the return
+            variants.append('    ys = xs' if i == 0 else None)
+        out += [body[:i] + ([v] if v else []) + body[i + 1:] for v in variants]
+    return ['\n'.join(b) + '\n' for b in out]
+
+
+def behaviour_of(source, inputs):
+    namespace = {}
+    exec(source, namespace)
+    out = []
+    for x in inputs:
+        try:
+            out.append(repr(namespace['f'](list(x))))
+        except Exception as e:
+            out.append(type(e).__name__)
+    return out
+
+
+def fails_a_hidden_test(source, tests):
+    namespace = {}
+    exec(source, namespace)
+    for test in tests:
+        try:
+            exec(test, dict(namespace))
+        except Exception:  # AssertionError, or the mutant raised
+            return True
+    return False
+
+
+def test_hidden_tests_kill_every_distinguishable_mutant():
+    probes = prepare.make_probes(random.Random(prepare.Knobs().seed), prepare.Knobs())
+    sample = random.Random(1).sample(SPLITS['test'] + SPLITS['dev'], 40) + random.Random(2).sample(SPLITS['rl'], 20)
+    distinguishable = 0
+    for t in sample:
+        want = behaviour_of(t['prompt'] + t['canonical_solution'], probes)
+        for m in text_mutants(t['canonical_solution']):
+            if behaviour_of(t['prompt'] + m, probes) != want:
+                distinguishable += 1
+                assert fails_a_hidden_test(t['prompt'] + m, t['tests']), (t['task_id'], m)
+    assert distinguishable > 60 * 20  # the check really ran on many mutants
+
+
+def test_min_9_for_min_7_fails():
+    kn = prepare.Knobs()
+    probes = prepare.make_probes(random.Random(kn.seed), kn)
+    task = prepare.make_task(random.Random(0), (('sort', None), ('cap', 7)), 'list', kn, probes)
+    near_miss = task['canonical_solution'].replace('min(y, 7)', 'min(y, 9)')
+    assert near_miss != task['canonical_solution'] and fails_a_hidden_test(task['prompt'] + near_miss, task['tests'])
+    shipped = [t for t in SPLITS['test'] + SPLITS['dev'] if 'min(y, 7)' in t['canonical_solution']]
+    assert len(shipped) >= 5
+    for t in shipped:
+        m = t['canonical_solution'].replace('min(y, 7)', 'min(y, 9)')
+        if behaviour_of(t['prompt'] + m, probes) != behaviour_of(t['prompt'] + t['canonical_solution'], probes):
+            assert fails_a_hidden_test(t['prompt'] + m, t['tests']), t['task_id']
+
+
+def test_mutation_score_counts_against_brute_force():
+    """prepare.mutation_score on a few tasks equals a direct count over prepare.mutants."""
+    kn = prepare.Knobs()
+    probes = prepare.make_probes(random.Random(kn.seed), kn)
+    tasks = SPLITS['dev'][::97]
+    killed = total = 0
+    for t in tasks:
+        steps, ret, tests = prepare.parse_task(t, kn)
+        assert prepare.solution_code(steps, ret) == t['canonical_solution']
+        sources = set()  # distinct mutants, as programs that read their argument as ys
+        for i, exprs, r in prepare.mutants(steps, ret):
+            lines = [f"    ys = {e}\n" for e in [prepare.step_expr(*s) for s in steps[:i]] + list(exprs)]
+            sources.add(t['prompt'].replace('def f(xs):', 'def f(ys):') + ''.join(lines) + f"    return {r}\n")
+        for src in sorted(sources):
+            b = behaviour_of(src, probes)
+            if b != behaviour_of(t['prompt'] + t['canonical_solution'], probes):
+                total += 1
+                killed += fails_a_hidden_test(src, t['tests'])
+    score = prepare.mutation_score(tasks, kn)
+    assert score['probes'] == (killed, total) and killed == total > 100
 
 
 def test_tokenizer_round_trip_and_specials():
@@ -149,14 +254,16 @@ def test_shipped_tokenizer_is_reproducible(tmp_path):
 
 
 def test_same_seed_same_bytes(tmp_path):
-    def files(seed, out):
+    def files(seed, out, workers):  # sft=300: enough tasks that two workers really build them in parallel
         out.mkdir()
-        prepare.write_splits(prepare.generate(prepare.Knobs(seed=seed, **SMALL), log=lambda *a: None), str(out))
-        return [(out / f'{s}.jsonl').read_bytes() for s in ('sft', 'rl', 'test')]
-    first = files(7, tmp_path / 'a')
-    assert first == files(7, tmp_path / 'b')
-    assert first != files(8, tmp_path / 'c')
+        kn = prepare.Knobs(seed=seed, workers=workers, **{**SMALL, 'sft': 300})
+        prepare.write_splits(prepare.generate(kn, log=lambda *a: None), str(out))
+        return [(out / f'{s}.jsonl').read_bytes() for s in prepare.SPLITS]
+    first = files(7, tmp_path / 'a', workers=2)
+    assert first == files(7, tmp_path / 'b', workers=1)
+    assert first != files(8, tmp_path / 'c', workers=2)
     assert len(T.load_tasks(str(tmp_path / 'a' / 'test.jsonl'))) >= 3 * 8
+    assert len(T.load_tasks(str(tmp_path / 'a' / 'dev.jsonl'))) >= 3 * 4
 
 
 def test_hard_mode_has_examples_only():

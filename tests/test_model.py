@@ -6,7 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from model import GPT, GPTConfig, ValueModel  # noqa: E402
+from model import GPT, GPTConfig, KVCache, ValueModel  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -63,6 +63,30 @@ def test_stop_token_and_padding_per_row(model):
             assert row[n_valid - 1] == stop and stop not in row[:n_valid - 1].tolist()
         else:
             assert stop not in row[:n_valid].tolist() and n_valid == 25
+
+
+def test_finished_rows_are_dropped_and_the_rest_decode_as_alone(model, monkeypatch):
+    """One row runs to max_new_tokens while the others stop early: the batch is compacted as rows finish,
+    and every row still decodes exactly as its prompt alone (and as full recompute, up to its stop)."""
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [13], [7, 7], [9, 3, 9], [2], [30, 31, 32, 33], [5, 5, 5, 5, 5, 5]]
+    free = [greedy_full_recompute(model, p, 30) for p in prompts]
+    stops = {f[0] for f in free[1:4]}  # rows 1-3 stop at once (this random model repeats itself)
+    ends = [next((i + 1 for i, tok in enumerate(f) if tok in stops), 30) for f in free]
+    assert min(ends) == 1 and max(ends) == 30  # the seed gives early stops and a row that runs to the limit
+    compactions = []
+    real = KVCache.keep_rows
+
+    def counted(self, keep):
+        compactions.append(int(keep.sum()))
+        real(self, keep)
+    monkeypatch.setattr(KVCache, 'keep_rows', counted)
+    batch = model.sample(prompts, n=1, max_new_tokens=30, temperature=0, stop_ids=stops, pad_id=0)
+    assert compactions and compactions[-1] < len(prompts)  # rows really left the batch
+    assert not batch.stopped.all() and batch.stopped.any()
+    for r, row in enumerate(batch.rows()):
+        alone = model.sample([prompts[r]], n=1, max_new_tokens=30, temperature=0, stop_ids=stops, pad_id=0)
+        assert row == alone.rows()[0] == free[r][:ends[r]]
+        assert bool(batch.stopped[r]) == (row[-1] in stops)
 
 
 def test_top_k_one_is_greedy(model):

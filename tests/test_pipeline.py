@@ -22,7 +22,8 @@ def test_smoke_config_runs_every_stage_and_resumes(tmp_path, capsys):
         assert (tmp_path / f).exists(), f
 
     assert 0.0 <= results['sft']['test_pass1'] <= 1.0
-    assert set(results['sft']['by_difficulty']) == set(range(1, 7))
+    assert set(results['sft']['by_difficulty']) == set(range(1, 9))
+    assert list(results['sft']['by_band']) == ['introductory', 'interview', 'competition']
     rl = results['train']['rest_grpo']
     assert set(rl['seeds']) == {'1337', '1338'}  # smoke.py: seeds = 2
     finals = [r['test_pass1'] for r in rl['seeds'].values()]

@@ -221,10 +221,13 @@ TESTS = [['assert f([1, 2]) == [2, 4]', 'assert f([]) == []'], ['assert f([1, 2]
          ['assert f([1, 2]) == 3', 'assert f([]) == 0']]
 RL_TASKS = [dict(task_id=f'toy/{i}', prompt=p, entry_point='f', canonical_solution=good, test='', tests=tests,
                  difficulty=1) for i, ((p, good, _), tests) in enumerate(zip(TASKS, TESTS))]
+EVAL_TASKS = [dict(t, task_id=f'dev/{i}') for i, t in enumerate(RL_TASKS)]  # stand-ins for the dev and test splits
+TEST_TASKS = [dict(t, task_id=f'test/{i}') for i, t in enumerate(RL_TASKS)]
 
 
 def make_cfg(**kw):
-    cfg = dict(seed=0, grad_clip=1.0, max_new_tokens=48, eval_tasks=0, eval_batch_size=16, dtype='float32',
+    cfg = dict(seed=0, grad_clip=1.0, max_new_tokens=48, eval_tasks=0, final_eval_tasks=0, eval_split='dev',
+               eval_batch_size=16, dtype='float32',
                rl_iters=1, rl_lr=1e-3, rl_weight_decay=0.0, rl_batch_groups=3, rl_group_size=4, rl_max_rounds=3,
                rl_temperature=1.0, rl_reward='binary', rl_std_threshold=0.05, rl_prefix_min_reward=0.9,
                rl_prefix_lines_frac=0.5, rl_prefix_alpha=0.95, rl_prefix_frac=0.5, rl_prefix_buffer=64,
@@ -329,12 +332,13 @@ def test_collect_fills_the_batch_with_informative_groups_only(sft_policy):
 
 @pytest.fixture(autouse=True)
 def fake_eval(monkeypatch):
-    """Greedy evaluation is tasks.py's (tested there); here we record that train_rl calls it on the test tasks."""
+    """Greedy evaluation is tasks.py's (tested there); here we record which split train_rl evaluates on: the
+    eval tasks (EVAL_TASKS, the dev split) during training, the test tasks (TEST_TASKS) once at the end."""
     calls = []
 
     def evaluate_greedy(model, enc, task_list, device, max_new_tokens, batch_size):
-        calls.append(len(task_list))
-        return {'pass1': 0.25, 'by_difficulty': {1: 0.25}, 'n': len(task_list)}
+        calls.append('dev' if task_list[0] in EVAL_TASKS else 'test')
+        return {'pass1': 0.25, 'by_difficulty': {1: 0.25}, 'by_band': {'introductory': 0.25}, 'n': len(task_list)}
     monkeypatch.setattr(restrl.T, 'evaluate_greedy', evaluate_greedy, raising=False)
     return calls
 
@@ -349,9 +353,12 @@ def test_one_iteration_of_each_method_changes_the_weights(sft_policy, method, tm
     before = weights(policy)
     cfg = make_cfg(rl_inner_steps=2 if method == 'grpo' else 1)  # the second step sees rho != 1
     path = str(tmp_path / f'rl_{method}.pt')
-    hist = restrl.train_rl(cfg, policy, ENC, RL_TASKS, RL_TASKS, path, 'cpu', method, log=lambda s: 0)
-    assert [h['iter'] for h in hist] == [0, 1] and hist[0]['test_pass1'] == hist[1]['test_pass1'] == 0.25
-    assert fake_eval == [len(RL_TASKS)] * 2  # before training, and after the iteration
+    hist = restrl.train_rl(cfg, policy, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', method, log=lambda s: 0)
+    assert [h['iter'] for h in hist] == [0, 1] and hist[0]['eval_pass1'] == hist[1]['eval_pass1'] == 0.25
+    assert 'test_pass1' not in hist[0] and hist[1]['test_pass1'] == 0.25
+    assert fake_eval == ['dev', 'dev', 'test']  # before training, after the iteration, and the final table's
+    assert sum(hist[1]['effective_groups_by_difficulty'][d][1] for d in hist[1]['effective_groups_by_difficulty']) \
+        == hist[1]['groups_sampled'] - hist[1]['prefix_states_sampled']
     h = hist[1]
     assert h['groups_trained'] > 0 and h['tokens_sampled'] > 0 and 0 <= h['effective_group_frac'] <= 1
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
@@ -365,12 +372,12 @@ def test_one_iteration_of_each_method_changes_the_weights(sft_policy, method, tm
 def test_resumed_run_equals_uninterrupted_run(sft_policy, tmp_path):
     cfg = make_cfg(rl_iters=2, rl_eval_interval=100)
     a = copy.deepcopy(sft_policy)
-    hist_a = restrl.train_rl(cfg, a, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'a.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
+    hist_a = restrl.train_rl(cfg, a, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, str(tmp_path / 'a.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
     b = copy.deepcopy(sft_policy)
-    restrl.train_rl(make_cfg(rl_iters=1, rl_eval_interval=100), b, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'b.pt'),
+    restrl.train_rl(make_cfg(rl_iters=1, rl_eval_interval=100), b, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, str(tmp_path / 'b.pt'),
                     'cpu', 'rest_grpo', log=lambda s: 0)
     b = copy.deepcopy(sft_policy)  # a fresh process would start again from the SFT model
-    hist_b = restrl.train_rl(cfg, b, ENC, RL_TASKS, RL_TASKS, str(tmp_path / 'b.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
+    hist_b = restrl.train_rl(cfg, b, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, str(tmp_path / 'b.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     keep = ('reward', 'effective_group_frac', 'tokens_sampled', 'groups_trained', 'harvested', 'buffer', 'loss')
@@ -380,9 +387,9 @@ def test_resumed_run_equals_uninterrupted_run(sft_policy, tmp_path):
 def test_token_budget_stops_the_run_and_its_last_iteration_is_evaluated(sft_policy, tmp_path, fake_eval):
     cfg = make_cfg(rl_iters=10, rl_eval_interval=100, rl_token_budget=1)  # spent by the first iteration
     path = str(tmp_path / 'rl.pt')
-    hist = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, RL_TASKS, path, 'cpu', 'grpo',
+    hist = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', 'grpo',
                            log=lambda s: 0)
-    assert [h['iter'] for h in hist] == [0, 1] and 'test_pass1' in hist[1]
-    again = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, RL_TASKS, path, 'cpu', 'grpo',
+    assert [h['iter'] for h in hist] == [0, 1] and 'eval_pass1' in hist[1] and 'test_pass1' in hist[1]
+    again = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', 'grpo',
                             log=lambda s: 0)  # a rerun finds the budget spent: nothing sampled, nothing evaluated
-    assert [h['iter'] for h in again] == [0, 1] and fake_eval == [len(RL_TASKS)] * 2
+    assert [h['iter'] for h in again] == [0, 1] and fake_eval == ['dev', 'dev', 'test']

@@ -43,6 +43,8 @@ def test_wrong_type_is_named():
         train.configure(['--stage=nonsense'])
     with pytest.raises(train.ConfigError, match="key 'seeds' must be at least 1"):
         train.configure(['--seeds=0'])
+    with pytest.raises(train.ConfigError, match="key 'eval_split' must be one of sft, rl, dev, test"):
+        train.configure(['--eval_split=valid'])
     with pytest.raises(train.ConfigError, match="key 'decode_budgets'"):
         train.configure(['--decode_budgets=256,lots'])
 
@@ -70,12 +72,12 @@ def test_interrupted_sft_resumes_to_identical_weights(tmp_path, monkeypatch):
     enc = T.get_tokenizer()
     sft = T.load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:64]
     test = T.load_tasks(os.path.join(ROOT, 'data', 'test.jsonl'))[:8]
-    monkeypatch.setattr(T, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'n': 0})
+    monkeypatch.setattr(T, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'by_band': {}, 'n': 0})
     quiet = lambda *a: None  # noqa: E731
 
     straight = _tiny_cfg(str(tmp_path / 'a'))
     os.makedirs(straight.out_dir)
-    model_a, _ = train.run_sft(straight, enc, sft, test, log=quiet)
+    model_a, _ = train.run_sft(straight, enc, sft, test, test, log=quiet)
 
     # crash right after the checkpoint of iteration 8, then rerun the same command
     resumed = _tiny_cfg(str(tmp_path / 'b'))
@@ -89,23 +91,39 @@ def test_interrupted_sft_resumes_to_identical_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, 'save_checkpoint', save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train.run_sft(resumed, enc, sft, test, log=quiet)
+        train.run_sft(resumed, enc, sft, test, test, log=quiet)
     monkeypatch.setattr(train, 'save_checkpoint', real_save)
-    model_b, _ = train.run_sft(resumed, enc, sft, test, log=quiet)
+    model_b, _ = train.run_sft(resumed, enc, sft, test, test, log=quiet)
 
     for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
         assert torch.equal(a, b), name
     # and a third call finds the stage complete and loads it instead of training again
-    model_c, _ = train.run_sft(resumed, enc, sft, test, log=quiet)
+    model_c, _ = train.run_sft(resumed, enc, sft, test, test, log=quiet)
     assert all(torch.equal(a, b) for a, b in zip(model_b.state_dict().values(), model_c.state_dict().values()))
 
 
 def test_out_dir_of_another_model_is_refused(tmp_path, monkeypatch):
     enc = T.get_tokenizer()
     sft = T.load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:16]
-    monkeypatch.setattr(T, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'n': 0})
+    monkeypatch.setattr(T, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'by_band': {}, 'n': 0})
     cfg = _tiny_cfg(str(tmp_path), sft_iters=4)
-    train.run_sft(cfg, enc, sft, sft, log=lambda *a: None)
+    train.run_sft(cfg, enc, sft, sft, sft, log=lambda *a: None)
     bigger = _tiny_cfg(str(tmp_path), sft_iters=4, n_embd=64)
     with pytest.raises(SystemExit, match=r"n_embd=32 \(this run: 64\)"):
-        train.run_sft(bigger, enc, sft, sft, log=lambda *a: None)
+        train.run_sft(bigger, enc, sft, sft, sft, log=lambda *a: None)
+
+
+def test_sft_tunes_on_dev_and_reports_on_test(tmp_path, monkeypatch):
+    """Every periodic evaluation reads the eval split (dev); only the final evaluation reads test."""
+    enc = T.get_tokenizer()
+    sft = T.load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:16]
+    dev = T.load_tasks(os.path.join(ROOT, 'data', 'dev.jsonl'))[:8]
+    test = T.load_tasks(os.path.join(ROOT, 'data', 'test.jsonl'))[:8]
+    seen = []
+
+    def evaluate_greedy(model, enc, task_list, *a, **k):
+        seen.append({t['task_id'].split('/')[0] for t in task_list})
+        return {'pass1': 0.0, 'by_difficulty': {}, 'by_band': {}, 'n': len(task_list)}
+    monkeypatch.setattr(T, 'evaluate_greedy', evaluate_greedy)
+    train.run_sft(_tiny_cfg(str(tmp_path), sft_iters=8), enc, sft, dev, test, log=lambda *a: None)
+    assert seen == [{'dev'}, {'dev'}, {'test'}]  # iterations 4 and 8, then the final table
