@@ -152,7 +152,7 @@ def write_report(results, out_dir):
     if results.get('train'):
         parts.append("## RL: ReST-GRPO against GRPO and ReST-DPO\n\nFrom the same SFT model; each run stops at "
                      f"rl_iters={cfg.get('rl_iters')} or after rl_token_budget={cfg.get('rl_token_budget')} sampled "
-                     "completion tokens (0: no budget). Greedy pass@1 on the evaluation tasks.\n\n"
+                     "completion tokens (0: no budget). Greedy pass@1 on dev during training, on test at the end.\n\n"
                      + rl_table(results['train']) + '\n')
     for name, mse in (('vm', 'val_mse'), ('orm', 'val_mse_complete')):  # the ORM is chosen and used on programs
         if name in results:
