@@ -622,9 +622,9 @@ def mutation_score(task_list, kn, n_fresh=200):
 
 
 def mutation_report(data_dir, kn, log=print):
+    sys.path.insert(0, ROOT)
+    import tasks
     for split in HELD_OUT:
-        sys.path.insert(0, ROOT)
-        import tasks
         t0 = time.time()
         s = mutation_score(tasks.load_tasks(os.path.join(data_dir, f'{split}.jsonl')), kn)
         (kp, np_), (kf, nf) = s['probes'], s['fresh']
