@@ -205,17 +205,17 @@ def best_program(tree):
 
 
 def sample_groups(policy, prompts, ns, max_new_tokens, stats, **kw):
-    """policy.sample for prompts wanting different numbers of samples and room: one call per distinct
-    (n, room), room = min(max_new_tokens (int or one per prompt), block_size - len(prompt)). Returns per
-    prompt its rows (ids with the stop token, sum of log-probs, stopped); no room, no rows."""
+    """policy.sample for prompts wanting different numbers of samples: one call per distinct n, each row
+    limited to min(max_new_tokens (int or one per prompt), block_size - len(prompt)). Returns per prompt its
+    rows (ids with the stop token, sum of log-probs, stopped); no room, no rows."""
     caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     rooms = [min(cap, policy.config.block_size - len(p)) for cap, p in zip(caps, prompts)]
     out, groups = [[] for _ in prompts], {}
     for i, (n, room) in enumerate(zip(ns, rooms)):
         if n > 0 and room > 0:
-            groups.setdefault((n, room), []).append(i)
-    for (n, room), idx in groups.items():
-        s = policy.sample([prompts[i] for i in idx], n=n, max_new_tokens=room, **kw)
+            groups.setdefault(n, []).append(i)
+    for n, idx in groups.items():
+        s = policy.sample([prompts[i] for i in idx], n=n, max_new_tokens=[rooms[i] for i in idx], **kw)
         logp = (s.logp * s.mask).sum(1).tolist()  # log pi(row) = sum of its token log-probs (temperature 1)
         for r, (ids, stopped) in enumerate(zip(s.rows(), s.stopped.tolist())):
             out[idx[r // n]].append((ids, logp[r], stopped))

@@ -155,13 +155,15 @@ def rollout(policy, enc, states, G, cfg, generator=None):
     texts = [T.completion_text(enc, r) for r in rows]  # the end token is not code
     t1 = time.time()
     jobs = [(states[i // G]['text'] + texts[i], states[i // G]['task']['tests']) for i in range(len(rows))]
-    results = sandbox.run_batch(jobs, timeout=cfg.rl_timeout)  # a crash or a hang is a Result, reward 0
+    # binary: all tests must pass, so the sandbox may stop at the first failure (no fork per test); a crash or
+    # a hang is a Result with reward 0
+    results = sandbox.run_batch(jobs, timeout=cfg.rl_timeout, stop_at_failure=cfg.rl_reward == 'binary')
     t2 = time.time()
-    partial = torch.tensor([r.reward for r in results]).view(-1, G)  # fraction of tests passed
     binary = torch.tensor([float(r.total > 0 and r.passed == r.total) for r in results]).view(-1, G)  # all pass
+    partial = torch.tensor([r.reward for r in results]).view(-1, G)  # fraction of tests passed (partial only)
     reward = binary if cfg.rl_reward == 'binary' else partial
     groups = [dict(state=st, ids=rows[k * G:(k + 1) * G], logp=logps[k * G:(k + 1) * G],
-                   texts=texts[k * G:(k + 1) * G], reward=reward[k], partial=partial[k], binary=binary[k])
+                   texts=texts[k * G:(k + 1) * G], reward=reward[k], binary=binary[k])
               for k, st in enumerate(states)]
     info = dict(t_sample=t1 - t0, t_score=t2 - t1, tokens=sum(len(r) for r in rows),
                 truncated=len(rows) - sum(stopped))
@@ -179,15 +181,29 @@ def make_state(task_idx, partial, rl_tasks, enc):
 
 
 def completion_logprobs(model, prompts, completions, pad):
-    """log pi(c_j | prompt, c_<j) for every completion token: (R, Tc), and its mask (R, Tc)."""
+    """log pi(c_j | prompt, c_<j) for every completion token: (R, Tc), and its mask (R, Tc).
+    The R completions continue the P prompts in order, R // P each (a GRPO group: G samples of one state).
+    Each prompt runs through the model once and its completions attend to its keys and values, so a group of
+    G pays for its prompt once instead of G times (the gradient through the prompt sums over the group)."""
     dev = model.lm_head.weight.device
-    Lp = torch.tensor([len(p) for p in prompts], device=dev)
-    Lc = torch.tensor([len(c) for c in completions], device=dev)
-    idx = pad_sequence([torch.tensor(p + c) for p, c in zip(prompts, completions)], True, pad).to(dev)  # (R, T)
-    lp = model.logprobs(idx)  # (R, T-1): lp[:, t] = log pi(idx[:, t+1] | idx[:, :t+1])
-    j = torch.arange(int(Lc.max()), device=dev)
-    pos = (Lp[:, None] - 1 + j[None]).clamp(max=lp.size(1) - 1)  # completion token j sits at index Lp + j
-    return lp.gather(1, pos), j[None] < Lc[:, None]  # (R, Tc), (R, Tc)
+    P, R = len(prompts), len(completions)
+    assert R % P == 0, f"{R} completions do not split evenly over {P} prompts"
+    G = R // P
+    Lp = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(G)  # (R,) prompt length per row
+    Lc = torch.tensor([len(c) for c in completions], device=dev)  # (R,)
+    prompt_idx = pad_sequence([torch.tensor(p) for p in prompts], True, pad).to(dev)  # (P, Tp)
+    comp_idx = pad_sequence([torch.tensor(c) for c in completions], True, pad).to(dev)  # (R, Tc)
+    (Tp, Tc), j = (prompt_idx.size(1), comp_idx.size(1)), torch.arange(comp_idx.size(1), device=dev)
+    h_prompt, kvs = model.hidden(prompt_idx, keep_kv=True)  # (P, Tp, C), per layer (P, nh, Tp, hs)
+    kvs = [(k.repeat_interleave(G, 0), v.repeat_interleave(G, 0)) for k, v in kvs]  # (R, nh, Tp, hs)
+    pos = (Lp[:, None] + j[None]).clamp(max=model.config.block_size - 1)  # (R, Tc); clamped ones are pads
+    sees_prompt = (torch.arange(Tp, device=dev)[None, :] < Lp[:, None])[:, None, :].expand(R, Tc, Tp)
+    causal = torch.ones(Tc, Tc, dtype=torch.bool, device=dev).tril().expand(R, Tc, Tc)
+    h_comp = model.continue_hidden(comp_idx, pos, kvs, torch.cat([sees_prompt, causal], 2)[:, None])  # (R, Tc, C)
+    last = h_prompt[torch.arange(P, device=dev).repeat_interleave(G), Lp - 1]  # (R, C): predicts token 0
+    h = torch.cat([last[:, None], h_comp[:, :-1]], 1)  # (R, Tc, C): h[:, j] predicts completion token j
+    lp = torch.log_softmax(model.lm_head(h).float(), -1).gather(-1, comp_idx[..., None]).squeeze(-1)
+    return lp, j[None] < Lc[:, None]  # (R, Tc), (R, Tc)
 
 
 def _slices(n, size):
@@ -206,24 +222,29 @@ def grpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
     give the batch mean. Reference log-probs are computed once per batch under no_grad; the old policy's are the
     first step's own (detached), taken before any update, so that step has rho = 1 exactly and costs no extra pass.
     Dropout stays off (eval mode): it would make pi and pi_old differ by noise."""
-    prompts = [g['state']['ids'] for g in batch for _ in g['ids']]
+    # groups of similar completion length share a micro-batch, so rows carry less padding (the batch mean is
+    # the same in any order)
+    batch = sorted(batch, key=lambda g: max(len(c) for c in g['ids']))
+    prompts = [g['state']['ids'] for g in batch]  # one per group: computed once for its G rows
     comps = [c for g in batch for c in g['ids']]  # sampled tokens only, the end token when it was sampled
+    G = len(comps) // len(batch)
     adv = group_advantages(torch.stack([g['reward'] for g in batch]), cfg.rl_adv_eps, cfg.rl_scale_by_std).flatten()
-    parts = _slices(len(comps), cfg.rl_micro_batch)
+    parts = _slices(len(batch), max(1, cfg.rl_micro_batch // G))  # micro-batches of whole groups
+    rows = [slice(s.start * G, s.stop * G) for s in parts]
     with torch.no_grad(), ctx:
-        ref_lp = [completion_logprobs(ref, prompts[s], comps[s], pad) for s in parts]  # [(lp, mask)]
+        ref_lp = [completion_logprobs(ref, prompts[s], comps[r], pad) for s, r in zip(parts, rows)]  # [(lp, mask)]
     n_tok = sum(int(mask.sum()) for _, mask in ref_lp)
     old_lp = [None] * len(parts)
     tot = dict(loss=0.0, kl=0.0, clip_frac=0.0, ratio=0.0, grad_norm=0.0)
     for step in range(cfg.rl_inner_steps):
-        for i, (s, (r_lp, mask)) in enumerate(zip(parts, ref_lp)):
+        for i, (s, r, (r_lp, mask)) in enumerate(zip(parts, rows, ref_lp)):
             with ctx:
-                lp, _ = completion_logprobs(policy, prompts[s], comps[s], pad)
+                lp, _ = completion_logprobs(policy, prompts[s], comps[r], pad)
             if step == 0:
                 old_lp[i] = lp.detach()  # pi_old = the policy that sampled the batch
-            loss, st = grpo_loss(lp, old_lp[i], r_lp, adv[s].to(lp.device), mask,
+            loss, st = grpo_loss(lp, old_lp[i], r_lp, adv[r].to(lp.device), mask,
                                  cfg.rl_clip_eps, cfg.rl_kl_coef, cfg.rl_token_level)
-            share = int(mask.sum()) / n_tok if cfg.rl_token_level else (s.stop - s.start) / len(comps)
+            share = int(mask.sum()) / n_tok if cfg.rl_token_level else (s.stop - s.start) / len(batch)
             (loss * share).backward()  # the micro-batch's share of the batch mean
             tot['loss'] += loss.item() * share
             for k, v in st.items():
@@ -244,8 +265,10 @@ def dpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
     parts = _slices(len(batch), max(1, cfg.rl_micro_batch // 2))  # a pair is two rows
 
     def seq_logp(model, s):  # log-prob sums and per-token log-probs of chosen then rejected rows
-        lp, mask = completion_logprobs(model, prompts[s] * 2, chosen[s] + rejected[s], pad)
-        lp = torch.where(mask, lp.float(), 0.0)
+        pairs = [c for pair in zip(chosen[s], rejected[s]) for c in pair]  # each prompt's two rows: (c, r)
+        lp, mask = completion_logprobs(model, prompts[s], pairs, pad)
+        order = torch.cat([torch.arange(0, len(pairs), 2), torch.arange(1, len(pairs), 2)])  # chosen, rejected
+        lp, mask = torch.where(mask, lp.float(), 0.0)[order], mask[order]
         return lp.sum(1), lp, mask
 
     with torch.no_grad(), ctx:
@@ -379,7 +402,6 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         fresh = torch.tensor([g['state']['partial'] == '' for g in sampled])  # prefix states are easier:
         R_fresh = R[fresh]  # rewards on fresh problems compare across methods, rewards on all states do not
         rec = dict(iter=it + 1, reward=R.mean().item(),
-                   reward_partial=torch.stack([g['partial'] for g in sampled]).mean().item(),
                    reward_binary=torch.stack([g['binary'] for g in sampled]).mean().item(),
                    effective_group_frac=(R.amax(1) > R.amin(1)).float().mean().item(),  # nonzero std
                    reward_std=R.std(1, correction=0).mean().item(), reward_fresh=R_fresh.mean().item(),
@@ -400,8 +422,8 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         checkpoint(it + 1)
         bar.update(1)
         bar.set_postfix(reward=f"{rec['reward']:.3f}", eff=f"{rec['effective_group_frac']:.2f}")
-        log(f"rl {method} iter {it + 1}: reward {rec['reward']:.3f} (fresh problems {rec['reward_fresh']:.3f}; "
-            f"partial {rec['reward_partial']:.3f}, binary {rec['reward_binary']:.3f}), effective groups "
+        log(f"rl {method} iter {it + 1}: {cfg.rl_reward} reward {rec['reward']:.3f} (fresh problems "
+            f"{rec['reward_fresh']:.3f}; all tests pass {rec['reward_binary']:.3f}), effective groups "
             f"{rec['effective_group_frac']:.2f} of {len(sampled)}, trained on {len(batch)}, kl {stats.get('kl', 0):.4f}, "
             f"{rec['tokens_sampled']} tokens, {wall:.1f}s (sample {rec['sample_share']:.0%}, score "
             f"{rec['score_share']:.0%}, update {rec['update_share']:.0%})"

@@ -18,6 +18,9 @@ program it mounts a fresh tmpfs on /tmp (also behind /var/tmp and /dev/shm) and 
   T  which runs the test in a copy of the program's globals, builtin names resolving to a private
      pristine dict, and writes "<nonce> pass i" on the report pipe only if exec() returned. The
      last test runs in I itself. Every test starts from the state the program left.
+     With stop_at_failure (an all-or-nothing reward) I runs the tests itself, one after another,
+     and stops at the first failure: no T. A later test then sees what earlier calls changed, but
+     to pass the set a program must still return every test's right value.
 At the time limit, or when I exits, the worker SIGKILLs I and the kernel kills all that is left in
 its pid namespace, setsid'd and double-forked grandchildren included.
 
@@ -202,7 +205,7 @@ def _restore_modules():
     return keep
 
 
-def _harness(program, tests, report, nonce, _exec=exec, _compile=compile, _fork=os.fork,
+def _harness(program, tests, report, nonce, fork_tests=True, _exec=exec, _compile=compile, _fork=os.fork,
              _waitpid=os.waitpid, _write=os.write, _exit=os._exit, _getpid=os.getpid,
              _getppid=os.getppid, _sleep=time.sleep, _OSError=OSError, _BaseException=BaseException,
              _MemoryError=MemoryError, _isinstance=isinstance, _dict=dict, _str=str,
@@ -255,6 +258,8 @@ def _harness(program, tests, report, nonce, _exec=exec, _compile=compile, _fork=
             say('fail', _str(i), kind(e), _describe(e))
         else:
             say('pass', _str(i))
+            return True
+        return False
 
     def fork():  # waits out a passing shortage of processes or memory on the machine (1.3 s at most)
         for pause in (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, None):
@@ -268,6 +273,11 @@ def _harness(program, tests, report, nonce, _exec=exec, _compile=compile, _fork=
     for i, c in enumerate(codes):
         if _isinstance(c, _str):
             say('fail', _str(i), 'error', c)
+            if not fork_tests:
+                break
+        elif not fork_tests:  # all-or-nothing: one test after another in I, the first failure ends the run
+            if not run_test(i, c):
+                break
         elif i == len(codes) - 1:  # the last test needs no clean state after it: no fork (saves ~1 ms)
             run_test(i, c)
         elif _isinstance(pid := fork(), _OSError):  # e.g. the program's own processes fill RLIMIT_NPROC
@@ -291,7 +301,7 @@ def _program_process(job, report, out, cwd):
         os.write(report, f'{job["nonce"]} broken {e!r}\n'.encode())
         os._exit(0)
     try:
-        _harness(job['program'], job['tests'], report, job['nonce'].encode())
+        _harness(job['program'], job['tests'], report, job['nonce'].encode(), not job['stop_at_failure'])
     finally:
         os._exit(0)
 
@@ -505,8 +515,11 @@ def shutdown():
         _workers.pop().close()
 
 
-def run_batch(jobs, workers=None, timeout=DEFAULT_TIMEOUT, memory_mb=DEFAULT_MEMORY_MB):
-    """Run (program, tests) jobs on a warm pool of `workers` processes; results in job order."""
+def run_batch(jobs, workers=None, timeout=DEFAULT_TIMEOUT, memory_mb=DEFAULT_MEMORY_MB, stop_at_failure=False):
+    """Run (program, tests) jobs on a warm pool of `workers` processes; results in job order.
+    stop_at_failure: for an all-or-nothing reward, run the tests one after another in the program's process
+    and stop at the first failure (no fork per test; `passed` then counts the tests before it, so
+    Result.reward is no partial credit). Default: every test from the state the program left, in a fork."""
     jobs = list(jobs)
     for n, job in enumerate(jobs):
         if not (isinstance(job, (tuple, list)) and len(job) == 2 and isinstance(job[0], str)
@@ -519,13 +532,13 @@ def run_batch(jobs, workers=None, timeout=DEFAULT_TIMEOUT, memory_mb=DEFAULT_MEM
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     with _pool_lock:
         try:
-            return _run_on_pool(jobs, n_workers, timeout, memory_mb)
+            return _run_on_pool(jobs, n_workers, timeout, memory_mb, stop_at_failure)
         except BaseException:  # e.g. Ctrl-C: a worker still busy would answer the next call's jobs
             shutdown()
             raise
 
 
-def _run_on_pool(jobs, n_workers, timeout, memory_mb):
+def _run_on_pool(jobs, n_workers, timeout, memory_mb, stop_at_failure):
     if _workers and _workers[0].owner != os.getpid():  # we are a fork of the caller (a DataLoader
         _workers.clear()                                # worker, say): its workers are not ours
     while len(_workers) < n_workers:
@@ -535,7 +548,8 @@ def _run_on_pool(jobs, n_workers, timeout, memory_mb):
     def give_work(wk):
         i = next(todo, None)
         if i is not None:
-            msg = dict(program=jobs[i][0], tests=list(jobs[i][1]), timeout=timeout, memory_mb=memory_mb)
+            msg = dict(program=jobs[i][0], tests=list(jobs[i][1]), timeout=timeout, memory_mb=memory_mb,
+                       stop_at_failure=stop_at_failure)
             wk.proc.stdin.write(json.dumps(msg).encode() + b'\n')
             wk.proc.stdin.flush()
             busy[wk.proc.stdout.fileno()] = (wk, i, time.monotonic() + timeout + 30)
@@ -574,9 +588,9 @@ def _respawn(wk):
 
 
 def run(program: str, tests: list[str], timeout: float = DEFAULT_TIMEOUT,
-        memory_mb: int = DEFAULT_MEMORY_MB) -> Result:
+        memory_mb: int = DEFAULT_MEMORY_MB, stop_at_failure: bool = False) -> Result:
     """Run one program and its tests (each test is source run after the program, MBPP style)."""
-    return run_batch([(program, tests)], workers=1, timeout=timeout, memory_mb=memory_mb)[0]
+    return run_batch([(program, tests)], 1, timeout, memory_mb, stop_at_failure)[0]
 
 
 _PROBES = {  # isolation(): one test each, run inside the sandbox; no traffic leaves the machine

@@ -164,6 +164,8 @@ class Knobs:
     sft: int = 14000              # tasks, spread over the difficulties by sft_mix
     sft_mix: str = '1,1,1,1,1,1,0.2,0.1'  # relative share of sft tasks per difficulty min_steps..max_steps: few
     #                               long programs in the warm start make 7-8 steps the hard tail (README)
+    sft_copies: int = 8           # a difficulty with fewer sft programs than its share (1 step: 154) writes each
+    #                               up to this many times, with other words and examples (data/README.md)
     rl: int = 12000
     dev: int = 100                # tasks per difficulty: every tuning run and checkpoint choice reads dev
     test: int = 300               # tasks per difficulty: only the final tables read test
@@ -518,8 +520,13 @@ def sample_programs(kn, log=print):
         for comp in comps:
             split = next((s for s in ('test', 'dev', 'rl') if got[s] < quota[s]), 'sft')
             got[split] += len(programs[comp])
-            assigned += [(split, steps, ret) for steps, ret in programs[comp]]
+            assigned += [(split, steps, ret, 0) for steps, ret in programs[comp]]
         taken.update(got)
+        if 0 < got['sft'] < quota['sft']:  # too few programs for the share: the same ones in other words
+            copies = min(kn.sft_copies, -(-quota['sft'] // got['sft']))
+            sft = [a for a in assigned[-n:] if a[0] == 'sft']
+            assigned += [('sft', steps, ret, c) for c in range(1, copies) for _, steps, ret, _ in sft]
+            got['sft'] *= copies
         log(f"prepare: difficulty {d}: {attempts} programs sampled, {n} kept "
             f"({', '.join(f'{s} {got[s]}' for s in SPLITS)}), {time.time() - t0:.0f}s")
     return assigned, probes
@@ -529,15 +536,17 @@ _PROBES = None  # the probe set, for the task-building processes (inherited thro
 
 
 def _build(job):
-    kn, steps, ret = job
-    # each task's randomness comes from its own program, so the bytes do not depend on the process count
-    return make_task(random.Random(f"{kn.seed}/{steps}/{ret}"), steps, ret, kn, _PROBES)
+    kn, steps, ret, copy = job
+    # each task's randomness comes from its own program (and copy number), so the bytes do not depend on
+    # the process count
+    seed = f"{kn.seed}/{steps}/{ret}" + (f"/{copy}" if copy else '')
+    return make_task(random.Random(seed), steps, ret, kn, _PROBES)
 
 
 def generate(kn, log=print):
     global _PROBES
     assigned, _PROBES = sample_programs(kn, log)
-    t0, jobs = time.time(), [(kn, steps, ret) for _, steps, ret in assigned]
+    t0, jobs = time.time(), [(kn, steps, ret, copy) for _, steps, ret, copy in assigned]
     workers = kn.workers or os.cpu_count() or 1
     if workers > 1 and len(jobs) > 200:
         with multiprocessing.get_context('fork').Pool(workers) as pool:
@@ -545,7 +554,7 @@ def generate(kn, log=print):
     else:
         built = [_build(job) for job in jobs]
     splits, prompts = {s: [] for s in SPLITS}, set()
-    for (split, _, _), task in zip(assigned, built):
+    for (split, *_), task in zip(assigned, built):
         if task['prompt'] in prompts:
             continue  # (possible in hard mode: two programs with the same examples)
         prompts.add(task['prompt'])

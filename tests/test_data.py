@@ -42,6 +42,26 @@ def test_splits_disjoint_by_composition_and_prompt():
     assert len({t['task_id'] for t in ALL}) == len(ALL)
 
 
+def test_scarce_one_step_sft_programs_come_in_several_phrasings():
+    one = [t for t in SPLITS['sft'] if t['difficulty'] == 1]
+    copies = {}
+    for t in one:
+        copies.setdefault(t['canonical_solution'], []).append(t)
+    assert len(copies) == 154 and all(2 <= len(c) <= prepare.Knobs.sft_copies for c in copies.values())
+    assert len({t['prompt'] for t in one}) == len(one)  # each copy in words and examples of its own
+    for c in copies.values():  # and each with its own (mutation-checked) hidden tests, all passing
+        assert all(T.solved(r) for r in sandbox.run_batch([(t['prompt'] + t['canonical_solution'], t['tests'])
+                                                             for t in c[:2]]))
+    # a small generator run: copies only where a difficulty has fewer sft programs than its share
+    tasks = prepare.generate(prepare.Knobs(**{**SMALL, 'sft': 600, 'sft_copies': 3}), log=lambda *a: None)
+    by_d = {}
+    for t in tasks['sft']:
+        by_d.setdefault(t['difficulty'], []).append(t['canonical_solution'])
+    n, share = len(set(by_d[1])), 600 // 3  # 1 step: fewer programs than its share, each written up to 3 times
+    assert n < share and len(by_d[1]) == min(3, -(-share // n)) * n > n
+    assert len(by_d[3]) == len(set(by_d[3]))  # 3 steps: plenty, one task per program
+
+
 def test_shape_of_the_shipped_tasks():
     for t in ALL:
         assert t['difficulty'] == len(composition(t)) >= 1 and t['entry_point'] == 'f'

@@ -38,6 +38,15 @@ def test_mixed_length_batch_rows_decode_as_alone(model):
         assert row == alone == greedy_full_recompute(model, prompts[r // 2], 20)
 
 
+def test_per_prompt_limits_cut_each_row_at_its_own(model):
+    # [13] leaves room for 63 only; [7] * 60 for 4, and keeps decoding junk past them while the others run
+    prompts, caps = [[1, 2, 3], [4, 5, 6, 7], [13], [7] * 60], [5, 12, 70, 30]
+    batch = model.sample(prompts, n=2, max_new_tokens=caps, temperature=0)
+    for r, (row, stopped) in enumerate(zip(batch.rows(), batch.stopped.tolist())):
+        cap = min(caps[r // 2], 64 - len(prompts[r // 2]))
+        assert row == greedy_full_recompute(model, prompts[r // 2], cap) and not stopped
+
+
 def test_sampled_logprobs_equal_full_forward(model):
     g = torch.Generator().manual_seed(0)
     prompts = [[5, 6], [1, 2, 3, 4, 5, 6, 7]]

@@ -1,6 +1,7 @@
 """restrl.py: advantages, GRPO and DPO losses against per-token Python references with autograd, the ReST filter
 and prefix states, rollouts through the real sandbox, and tiny RL iterations of every method (incl. resume)."""
 import copy
+from contextlib import nullcontext
 import math
 import os
 import sys
@@ -294,13 +295,19 @@ def test_rollout_crash_and_hang_cost_reward_zero_and_truncation_adds_no_end_toke
               ('    while True:\n        pass\n', True), ('    import os\n    os._exit(0)\n', True),
               (good, False), ('    ys = [x * 2 fo', False)]
     state = restrl.make_state(0, '', RL_TASKS, ENC)
-    groups, info = restrl.rollout(ScriptedPolicy(script), ENC, [state, state], len(script), make_cfg(rl_timeout=0.5))
-    for g in groups:
-        assert g['binary'].tolist() == [1, 0, 0, 0, 0, 1, 0]  # the run goes on; crash, hang, exit earn 0
-        assert g['partial'].tolist() == [1, 0.5, 0, 0, 0, 1, 0]  # 'return xs' passes f([]) == []
-        assert g['ids'][0][-1] == ENC.eot_token and g['ids'][5][-1] != ENC.eot_token  # sampled tokens only
-        assert g['texts'][5] == good and g['texts'][0] == good
-    assert info['truncated'] == 4 and info['tokens'] == 2 * sum(len(ENC.encode_ordinary(t)) + s for t, s in script)
+    for reward in ('binary', 'partial'):  # binary: the sandbox stops at the first failing test
+        cfg = make_cfg(rl_timeout=0.5, rl_reward=reward)
+        groups, info = restrl.rollout(ScriptedPolicy(script), ENC, [state, state], len(script), cfg)
+        for g in groups:
+            assert g['binary'].tolist() == [1, 0, 0, 0, 0, 1, 0]  # the run goes on; crash, hang, exit earn 0
+            if reward == 'partial':
+                assert g['reward'].tolist() == [1, 0.5, 0, 0, 0, 1, 0]  # 'return xs' passes f([]) == []
+            else:
+                assert torch.equal(g['reward'], g['binary'])
+            assert g['ids'][0][-1] == ENC.eot_token and g['ids'][5][-1] != ENC.eot_token  # sampled tokens only
+            assert g['texts'][5] == good and g['texts'][0] == good
+        assert info['truncated'] == 4
+        assert info['tokens'] == 2 * sum(len(ENC.encode_ordinary(t)) + s for t, s in script)
 
 
 def test_completion_logprobs_equal_the_samplers(sft_policy):
@@ -393,3 +400,80 @@ def test_token_budget_stops_the_run_and_its_last_iteration_is_evaluated(sft_poli
     again = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', 'grpo',
                             log=lambda s: 0)  # a rerun finds the budget spent: nothing sampled, nothing evaluated
     assert [h['iter'] for h in again] == [0, 1] and fake_eval == ['dev', 'dev', 'test']
+
+
+def test_shared_prompt_logprobs_and_gradients_equal_full_recompute():
+    """completion_logprobs runs each group's prompt once; reference: every row's prompt + completion through
+    the plain causal forward. Same log-probs and the same gradient of a weighted sum of them."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=50, n_layer=2, n_head=2, n_embd=32))
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 50, (n,), generator=g).tolist() for n in (5, 11, 3)]
+    G = 4
+    comps = [torch.randint(1, 50, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+             for _ in range(len(prompts) * G)]
+    weights = torch.randn(len(comps), 8, generator=g)
+
+    def reference():
+        out = torch.zeros(len(comps), 8)
+        for r, c in enumerate(comps):
+            seq = torch.tensor([prompts[r // G] + c])
+            lp = model.logprobs(seq)[0, len(prompts[r // G]) - 1:]  # log pi of each completion token
+            out[r, :len(c)] = lp
+        return out
+
+    want = reference()
+    (want * weights).sum().backward()
+    want_grad = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    lp, mask = restrl.completion_logprobs(model, prompts, comps, pad=0)
+    got = torch.where(mask, lp, 0.0)
+    assert mask.sum(1).tolist() == [len(c) for c in comps]
+    torch.testing.assert_close(got, want[:, :got.size(1)], atol=1e-5, rtol=1e-5)
+    (got * weights[:, :got.size(1)]).sum().backward()
+    for p, w in zip(model.parameters(), want_grad):
+        torch.testing.assert_close(p.grad, w, atol=1e-5, rtol=1e-4)
+
+
+def test_grpo_update_gradient_equals_one_full_recompute_pass(monkeypatch):
+    """grpo_update (length-sorted micro-batches of whole groups, each prompt run once) against the plain
+    computation: every row's prompt + completion through the model at once, grpo_loss over the batch."""
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(block_size=64, vocab_size=50, n_layer=2, n_head=2, n_embd=32))
+    ref = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # a reference that differs: the KL term has a gradient
+    g = torch.Generator().manual_seed(2)
+    G, batch = 4, []
+    for n in (6, 9, 4):
+        comps = [torch.randint(1, 50, (int(torch.randint(1, 10, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(G)]
+        batch.append(dict(state=dict(ids=torch.randint(1, 50, (n,), generator=g).tolist()), ids=comps,
+                          logp=[torch.zeros(len(c)) for c in comps], reward=torch.rand(G, generator=g)))
+    cfg = make_cfg(rl_micro_batch=G)  # one group per micro-batch
+    grads = []
+
+    def capture(model, optimizer, cfg):
+        grads.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+        return 0.0
+    monkeypatch.setattr(restrl, '_step', capture)
+    restrl.grpo_update(policy, ref, None, batch, cfg, 0, nullcontext())
+
+    def full(model):  # (R, Tc) log-probs and mask by plain full recompute of each row
+        rows = [(b['state']['ids'], c) for b in batch for c in b['ids']]
+        lp = torch.zeros(len(rows), 9)
+        mask = torch.zeros(len(rows), 9, dtype=torch.bool)
+        for r, (p, c) in enumerate(rows):
+            lp[r, :len(c)] = model.logprobs(torch.tensor([p + c]))[0, len(p) - 1:]
+            mask[r, :len(c)] = True
+        return lp, mask
+    with torch.no_grad():
+        ref_lp, _ = full(ref)
+    lp, mask = full(policy)
+    adv = restrl.group_advantages(torch.stack([b['reward'] for b in batch])).flatten()
+    loss, _ = restrl.grpo_loss(lp, lp.detach(), ref_lp, adv, mask, cfg.rl_clip_eps, cfg.rl_kl_coef)
+    loss.backward()
+    for p, got in zip(policy.parameters(), grads[0]):
+        torch.testing.assert_close(got, p.grad, atol=1e-6, rtol=1e-4)

@@ -54,6 +54,18 @@ def test_each_test_starts_from_the_programs_state():
     assert r.passed == 2
 
 
+def test_stop_at_failure_runs_tests_in_order_and_stops_at_the_first_failure():
+    # binary reward: one process runs the tests in order (state carries over), the first failure ends the run
+    counter = 'seen = []\ndef f(x):\n    seen.append(x)\n    return len(seen)\n'
+    r = run(counter, ['assert f(7) == 1', 'assert f(8) == 2', 'assert f(9) == 1', 'assert f(0) == 4'],
+            stop_at_failure=True)
+    assert (r.passed, r.total, r.status) == (2, 4, 'error') and r.error.startswith('test 2: AssertionError')
+    r = run(SORT, SORT_TESTS, stop_at_failure=True)
+    assert (r.passed, r.total, r.status, r.reward) == (3, 3, 'ok', 1.0)
+    r = run(SORT, ['assert f(', 'assert f([]) == []'], stop_at_failure=True)  # a test that does not compile
+    assert (r.passed, r.status) == (0, 'error') and 'does not compile' in r.error
+
+
 def test_no_tests_reward_zero():
     assert run(SORT, []) == Result(0, 0, 'ok', '')
     assert Result(0, 0, 'ok').reward == 0.0
@@ -155,10 +167,11 @@ HOSTILE = {
 }
 
 
+@pytest.mark.parametrize('stop_at_failure', [False, True], ids=['fork per test', 'stop at failure'])
 @pytest.mark.parametrize('name', HOSTILE)
-def test_hostile_program_earns_nothing(name):
+def test_hostile_program_earns_nothing(name, stop_at_failure):
     program, tests = HOSTILE[name]
-    r = run(program, tests, timeout=1.0)
+    r = run(program, tests, timeout=1.0, stop_at_failure=stop_at_failure)
     assert r.passed == 0 and r.reward == 0.0, r
     assert r.status in ('error', 'timeout', 'killed') and r.error and '\n' not in r.error, r
     assert run(SORT, SORT_TESTS).status == 'ok'  # and the sandbox still works
