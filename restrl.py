@@ -422,8 +422,9 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         checkpoint(it + 1)
         bar.update(1)
         bar.set_postfix(reward=f"{rec['reward']:.3f}", eff=f"{rec['effective_group_frac']:.2f}")
+        all_pass = f"; all tests pass {rec['reward_binary']:.3f}" if cfg.rl_reward == 'partial' else ''
         log(f"rl {method} iter {it + 1}: {cfg.rl_reward} reward {rec['reward']:.3f} (fresh problems "
-            f"{rec['reward_fresh']:.3f}; all tests pass {rec['reward_binary']:.3f}), effective groups "
+            f"{rec['reward_fresh']:.3f}{all_pass}), effective groups "
             f"{rec['effective_group_frac']:.2f} of {len(sampled)}, trained on {len(batch)}, kl {stats.get('kl', 0):.4f}, "
             f"{rec['tokens_sampled']} tokens, {wall:.1f}s (sample {rec['sample_share']:.0%}, score "
             f"{rec['score_share']:.0%}, update {rec['update_share']:.0%})"

@@ -274,9 +274,9 @@ def test_shipped_tokenizer_is_reproducible(tmp_path):
 
 
 def test_same_seed_same_bytes(tmp_path):
-    def files(seed, out, workers):  # sft=300: enough tasks that two workers really build them in parallel
+    def files(seed, out, workers):  # sft=600: two workers really build in parallel, and 1-step programs are copied
         out.mkdir()
-        kn = prepare.Knobs(seed=seed, workers=workers, **{**SMALL, 'sft': 300})
+        kn = prepare.Knobs(seed=seed, workers=workers, **{**SMALL, 'sft': 600})
         prepare.write_splits(prepare.generate(kn, log=lambda *a: None), str(out))
         return [(out / f'{s}.jsonl').read_bytes() for s in prepare.SPLITS]
     first = files(7, tmp_path / 'a', workers=2)
@@ -284,6 +284,8 @@ def test_same_seed_same_bytes(tmp_path):
     assert first != files(8, tmp_path / 'c', workers=2)
     assert len(T.load_tasks(str(tmp_path / 'a' / 'test.jsonl'))) >= 3 * 8
     assert len(T.load_tasks(str(tmp_path / 'a' / 'dev.jsonl'))) >= 3 * 4
+    one_step = [t['canonical_solution'] for t in T.load_tasks(str(tmp_path / 'a' / 'sft.jsonl')) if t['difficulty'] == 1]
+    assert len(one_step) > len(set(one_step))  # copies in other words were built, and built the same way twice
 
 
 def test_hard_mode_has_examples_only():
