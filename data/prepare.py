@@ -523,7 +523,7 @@ def sample_programs(kn, log=print):
             assigned += [(split, steps, ret, 0) for steps, ret in programs[comp]]
         taken.update(got)
         if 0 < got['sft'] < quota['sft']:  # too few programs for the share: the same ones in other words
-            copies = min(kn.sft_copies, -(-quota['sft'] // got['sft']))
+            copies = min(kn.sft_copies, -(-quota['sft'] // got['sft']))  # ceil(share / programs), capped
             sft = [a for a in assigned[-n:] if a[0] == 'sft']
             assigned += [('sft', steps, ret, c) for c in range(1, copies) for _, steps, ret, _ in sft]
             got['sft'] *= copies
