@@ -254,7 +254,7 @@ class GPT(nn.Module):
         if min(caps) <= 0:
             raise ValueError(f"a prompt of {len(prompts[caps.index(min(caps))])} tokens leaves no room in "
                              f"block_size {self.config.block_size}")
-        max_new_tokens = max(caps)
+        max_new_tokens, min_cap = max(caps), min(caps)
         cache, logits = self._prefill(prompts, max(len(p) + c for p, c in zip(prompts, caps)))
         cache.repeat_rows(n)
         logits = logits.repeat_interleave(n, dim=0)  # (R, V)
@@ -293,7 +293,7 @@ class GPT(nn.Module):
             hit = torch.isin(nxt, stops) & running
             b_stop |= hit
             running &= ~hit
-            if t + 1 >= min(caps):
+            if t + 1 >= min_cap:
                 running &= cap[rows] > t + 1  # a row at its own limit is cut, not stopped
             n_running = int(running.sum())
             if n_running == 0 or t == max_new_tokens - 1:

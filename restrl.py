@@ -160,8 +160,8 @@ def rollout(policy, enc, states, G, cfg, generator=None):
     results = sandbox.run_batch(jobs, timeout=cfg.rl_timeout, stop_at_failure=cfg.rl_reward == 'binary')
     t2 = time.time()
     binary = torch.tensor([float(r.total > 0 and r.passed == r.total) for r in results]).view(-1, G)  # all pass
-    partial = torch.tensor([r.reward for r in results]).view(-1, G)  # fraction of tests passed (partial only)
-    reward = binary if cfg.rl_reward == 'binary' else partial
+    fraction = lambda: torch.tensor([r.reward for r in results]).view(-1, G)  # noqa: E731  (tests passed)
+    reward = binary if cfg.rl_reward == 'binary' else fraction()
     groups = [dict(state=st, ids=rows[k * G:(k + 1) * G], logp=logps[k * G:(k + 1) * G],
                    texts=texts[k * G:(k + 1) * G], reward=reward[k], binary=binary[k])
               for k, st in enumerate(states)]
@@ -193,7 +193,8 @@ def completion_logprobs(model, prompts, completions, pad):
     Lc = torch.tensor([len(c) for c in completions], device=dev)  # (R,)
     prompt_idx = pad_sequence([torch.tensor(p) for p in prompts], True, pad).to(dev)  # (P, Tp)
     comp_idx = pad_sequence([torch.tensor(c) for c in completions], True, pad).to(dev)  # (R, Tc)
-    (Tp, Tc), j = (prompt_idx.size(1), comp_idx.size(1)), torch.arange(comp_idx.size(1), device=dev)
+    Tp, Tc = prompt_idx.size(1), comp_idx.size(1)
+    j = torch.arange(Tc, device=dev)
     h_prompt, kvs = model.hidden(prompt_idx, keep_kv=True)  # (P, Tp, C), per layer (P, nh, Tp, hs)
     kvs = [(k.repeat_interleave(G, 0), v.repeat_interleave(G, 0)) for k, v in kvs]  # (R, nh, Tp, hs)
     pos = (Lp[:, None] + j[None]).clamp(max=model.config.block_size - 1)  # (R, Tc); clamped ones are pads
