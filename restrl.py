@@ -160,8 +160,9 @@ def rollout(policy, enc, states, G, cfg, generator=None):
     results = sandbox.run_batch(jobs, timeout=cfg.rl_timeout, stop_at_failure=cfg.rl_reward == 'binary')
     t2 = time.time()
     binary = torch.tensor([float(r.total > 0 and r.passed == r.total) for r in results]).view(-1, G)  # all pass
-    fraction = lambda: torch.tensor([r.reward for r in results]).view(-1, G)  # noqa: E731  (tests passed)
-    reward = binary if cfg.rl_reward == 'binary' else fraction()
+    reward = binary
+    if cfg.rl_reward == 'partial':
+        reward = torch.tensor([r.reward for r in results]).view(-1, G)  # fraction of tests passed
     groups = [dict(state=st, ids=rows[k * G:(k + 1) * G], logp=logps[k * G:(k + 1) * G],
                    texts=texts[k * G:(k + 1) * G], reward=reward[k], binary=binary[k])
               for k, st in enumerate(states)]
