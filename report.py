@@ -42,16 +42,25 @@ def fmt(m, se):
 
 
 def rl_table(train):
-    lines = ['| method | seeds | dev greedy pass@1 (start -> last evaluation) | test greedy pass@1 (end) | '
-             'effective groups (mean over iterations) | iterations (tokens) run |', '|---|---|---|---|---|---|']
+    lines = ['| method | seeds | test greedy pass@1: start -> end | test sampled pass@1 (end) | effective groups '
+             '(mean over iterations) | optimizer steps | tokens sampled | wall (min) |', '|---' * 8 + '|']
     for m, r in train.items():
-        runs = list(r['seeds'].values())
-        start, end = (mean_se([run['eval_pass1_curve'][k][2] for run in runs]) for k in (0, -1))
-        eff = mean_se([sum(run['effective_group_frac']) / max(1, len(run['effective_group_frac'])) for run in runs])
-        iters, toks = (mean_se([run[k] for run in runs])[0] for k in ('iterations', 'tokens_sampled'))
-        lines.append(f"| {m} | {len(runs)} | {fmt(*start)} -> {fmt(*end)} | **{fmt(r['test_pass1'], r['test_pass1_se'])}** | "
-                     f"{fmt(*eff)} | {iters:.0f} ({toks / 1e3:.0f}K) |")
+        eff = r['effective_group_frac']
+        lines.append(f"| {m} | {len(r['seeds'])} | {fmt(r['start_pass1'], r['start_pass1_se'])} -> "
+                     f"**{fmt(r['test_pass1'], r['test_pass1_se'])}** | "
+                     f"{fmt(r['test_pass1_sampled'], r['test_pass1_sampled_se'])} | "
+                     + (f"{sum(eff) / len(eff):.2f}" if eff else '-') +
+                     f" | {r['optimizer_steps']:.0f} | {r['tokens_sampled'] / 1e6:.2f}M | {r['wall_total'] / 60:.0f} |")
     return '\n'.join(lines)
+
+
+def paired_difference(train, a, b, key='test_pass1'):
+    """(mean, SE) over seeds of method a's final `key` minus method b's, paired by seed (the same seed drew the
+    same starting data for both); None unless both ran the same seeds."""
+    sa, sb = train[a]['seeds'], train[b]['seeds']
+    if sorted(sa) != sorted(sb):
+        return None
+    return mean_se([sa[s][key] - sb[s][key] for s in sa])
 
 
 def decode_table(decode):
@@ -84,25 +93,30 @@ def plot(results, out_dir):
         return []
     files = []
     if results.get('train'):
-        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
+        fig, axes = plt.subplots(1, 4, figsize=(19, 4))
         for i, (m, r) in enumerate(results['train'].items()):
-            at = {}  # iteration -> the seeds' (tokens, pass@1) evaluated there
+            at = {}  # optimizer step -> the seeds' (tokens, wall, pass@1) where the test split was evaluated
             for run in r['seeds'].values():
-                for it, tok, p in run['eval_pass1_curve']:
-                    at.setdefault(it, []).append((tok, p))
-            it = sorted(at)
-            tok = [sum(t for t, _ in at[k]) / len(at[k]) / 1e6 for k in it]
-            mean, se = zip(*[mean_se([p for _, p in at[k]]) for k in it])  # SE 0 where one seed has a point
-            ax1.errorbar(it, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
-            ax2.errorbar(tok, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
+                for h in run['history']:
+                    if 'test_pass1' in h:
+                        at.setdefault(h['optimizer_steps'], []).append((h['tokens_sampled'], h['wall_total'],
+                                                                         h['test_pass1']))
+            steps = sorted(at)
+            mean, se = zip(*[mean_se([p for _, _, p in at[k]]) for k in steps])  # SE 0 where one seed has a point
+            for ax, x in zip(axes, (steps, [sum(t for t, _, _ in at[k]) / len(at[k]) / 1e6 for k in steps],
+                                    [sum(w for _, w, _ in at[k]) / len(at[k]) / 60 for k in steps])):
+                ax.errorbar(x, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
             eff, w = r['effective_group_frac'], 5  # mean over seeds, then a running mean over w iterations
             smooth = [sum(eff[max(0, k - w + 1):k + 1]) / len(eff[max(0, k - w + 1):k + 1]) for k in range(len(eff))]
-            ax3.plot(range(1, len(eff) + 1), smooth, color=f'C{i}', label=m)
-        ax1.set(xlabel='RL iteration', ylabel='greedy pass@1 (dev)', title='pass@1 against iteration (mean ± SE)')
-        ax2.set(xlabel='completion tokens sampled (M)', title='pass@1 against sampling budget')
-        ax3.set(xlabel='RL iteration', ylabel='fraction of sampled groups',
-               title='effective groups (reward std > 0), 5-iteration mean')
-        for ax in (ax1, ax2, ax3):
+            if eff:
+                axes[3].plot(range(1, len(eff) + 1), smooth, color=f'C{i}', label=m)
+        axes[0].set(xlabel='optimizer steps', ylabel='greedy pass@1 (test), mean ± SE over seeds',
+                    title='pass@1 against optimizer steps (the paper\'s axis)')
+        axes[1].set(xlabel='tokens sampled, filter rounds included (M)', title='pass@1 against sampled tokens')
+        axes[2].set(xlabel='wall time (min)', title='pass@1 against wall time')
+        axes[3].set(xlabel='RL iteration', ylabel='fraction of trained groups',
+                    title='effective groups (reward std > 0), 5-iteration mean')
+        for ax in axes:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
@@ -150,10 +164,17 @@ def write_report(results, out_dir):
         parts.append(f"## SFT\n\nGreedy pass@1 on test {s['test_pass1']:.3f}{bands}; by difficulty "
                      + ', '.join(f"{d}: {p:.2f}" for d, p in by_diff) + '.\n')
     if results.get('train'):
-        parts.append("## RL: ReST-GRPO against GRPO and ReST-DPO\n\nFrom the same SFT model; each run stops at "
-                     f"rl_iters={cfg.get('rl_iters')} or after rl_token_budget={cfg.get('rl_token_budget')} sampled "
-                     "completion tokens (0: no budget). Greedy pass@1 on dev during training, on test at the end.\n\n"
-                     + rl_table(results['train']) + '\n')
+        train = results['train']
+        parts.append("## RL: ReST-GRPO against GRPO and ReST-DPO\n\nFrom the same SFT model, the same number of "
+                     f"optimizer steps ({cfg.get('rl_iters')} iterations x {cfg.get('rl_inner_steps')}), "
+                     f"{cfg.get('rl_reward')} reward, problems of at least {cfg.get('rl_min_difficulty')} steps. "
+                     f"Test pass@1 greedy, and sampled ({cfg.get('eval_samples')} programs per task at "
+                     f"{cfg.get('eval_temperature')}).\n\n" + rl_table(train) + '\n')
+        pairs = [(a, b) for a, b in (('rest_grpo', 'grpo'), ('grpo', 'rest_dpo'), ('rest_grpo', 'rest_dpo'))
+                 if a in train and b in train and paired_difference(train, a, b)]
+        if pairs:
+            parts.append("Paired by seed, final greedy test pass@1: " + "; ".join(
+                f"{a} - {b} = {fmt(*paired_difference(train, a, b))}" for a, b in pairs) + ".\n")
     for name, mse in (('vm', 'val_mse'), ('orm', 'val_mse_complete')):  # the ORM is chosen and used on programs
         if name in results:
             v = results[name]

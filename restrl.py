@@ -1,16 +1,19 @@
 """
 ReST-GRPO (ReST-RL, arXiv 2508.19576) with naive GRPO and ReST-DPO as baselines, on one iteration loop.
 
-Each iteration: draw start states (RL problems; for ReST-GRPO also prompt + first lines of an earlier
-high-reward program), sample G completions per state with the current policy, score them in the sandbox,
-assemble a batch of groups and take one (or rl_inner_steps) optimizer step(s). The methods differ only in
-the batch they assemble and the loss:
-- grpo:      every sampled group, flat ones included (a flat group has zero advantage: wasted compute);
-- rest_grpo: only groups whose reward std >= rl_std_threshold, sampling more states until rl_batch_groups
-             of them are found (at most rl_max_rounds rounds); the best program of each kept group, if its
-             reward >= rl_prefix_min_reward, seeds new prefix start states for later rounds;
-- rest_dpo:  the (best, worst) pair of each group whose rewards differ, DPO loss against the reference.
-All sampled tokens count in the budget (tokens_sampled), whether or not their group was trained on.
+An iteration takes rl_batch_groups training items, makes one batch of them and takes rl_inner_steps optimizer
+steps, so every method is compared at the same number of optimizer steps (the paper's axis). What differs is
+where the items come from and the loss (METHODS):
+- grpo:      fresh RL problems, G completions each, every group trained on (a group whose G rewards are equal
+             has zero advantage: compute spent for nothing);
+- rest_grpo: the official offline ReST data set (THUDM/ReST-RL): a filter round samples rl_filter_samples
+             programs of each of rl_filter_tasks fresh problems with the current policy, keeps the problems whose
+             population reward std >= rl_std_threshold, and adds line prefixes of each kept problem's best program
+             (reward >= rl_prefix_min_reward) as new start states; the items are shuffled and trained on once (one
+             epoch), G completions each; a new filter round, with the policy as it is then, starts when fewer than
+             a batch are left (the official runs two such ReST iterations over its whole data set);
+- rest_dpo:  the (best, worst) pair of the filter round's own samples of each kept problem, DPO loss.
+Every sampled token counts in tokens_sampled, the filter rounds' too.
 """
 
 import copy
@@ -30,7 +33,11 @@ import sandbox
 import tasks as T
 from model import save_checkpoint
 
-METHODS = ('rest_grpo', 'grpo', 'rest_dpo')
+METHODS = {  # where a method's training items come from, and its loss
+    'rest_grpo': dict(filtered=True, prefixes=True, loss='grpo'),
+    'grpo': dict(filtered=False, prefixes=False, loss='grpo'),
+    'rest_dpo': dict(filtered=True, prefixes=False, loss='dpo'),
+}
 
 # -----------------------------------------------------------------------------
 # losses
@@ -89,17 +96,40 @@ def keep_groups(rewards, std_threshold=0.05):
 
 
 def prefix_states(prompt, solution, rng, frac=0.5, alpha=0.95):
-    """Start states prompt + (first k lines of solution) for a solution of n lines. As in the official code
-    the k-line prefix has weight alpha**(k-1) and ceil(frac * n) are drawn with replacement; unlike it, the
-    full program (k = n) is never a candidate: from there the only thing left to learn is to stop."""
+    """Start states prompt + (first k lines of solution) for a solution of n lines, as the official code draws
+    them: ceil(frac * n) draws with replacement, the k-line prefix with weight alpha**(k-1), k = 1..n (the full
+    program too: from there the policy learns to stop)."""
     lines = solution.rstrip().split('\n')  # official: completion.rstrip().split('\n')
     n = len(lines)
-    if n < 2:
-        return []
-    k = np.arange(1, n)  # candidate prefix lengths 1..n-1
+    k = np.arange(1, n + 1)  # candidate prefix lengths 1..n
     w = alpha ** (k - 1.0)  # weight alpha^(k-1): short prefixes favoured
     picks = rng.choice(k, size=math.ceil(frac * n), replace=True, p=w / w.sum())
     return [prompt + '\n'.join(lines[:j]) + '\n' for j in picks]  # whole lines, so a state ends in '\n'
+
+
+def filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
+    """One offline ReST filtering pass (official: experiment/process_gen_data.py) over rl_filter_tasks fresh
+    problems; appends the data set it builds (rest_grpo: (task, partial program) start states; rest_dpo:
+    (task, chosen ids, rejected ids) pairs) to the pool's queue in a shuffled order. Returns the round's info."""
+    states = [make_state(i, '', rl_tasks, enc) for i in pool.fresh(cfg.rl_filter_tasks)]
+    groups, info = rollout(policy, enc, states, cfg.rl_filter_samples, cfg, generator, cfg.rl_filter_temperature)
+    keep = keep_groups(torch.stack([g['reward'] for g in groups]), cfg.rl_std_threshold).tolist()
+    items = []
+    for g, kept in zip(groups, keep):
+        if not kept:
+            continue
+        i, best, worst = g['state']['task_idx'], int(g['reward'].argmax()), int(g['reward'].argmin())
+        if not METHODS[method]['prefixes']:
+            items.append((i, g['ids'][best], g['ids'][worst]))  # rewards differ: the std is above the threshold
+            continue
+        items.append((i, ''))
+        if g['reward'][best] >= cfg.rl_prefix_min_reward:
+            prompt = g['state']['task']['prompt']
+            items += [(i, p) for p in prefix_states('', g['texts'][best], rng, cfg.rl_prefix_lines_frac,
+                                                    cfg.rl_prefix_alpha)  # a long state would cut its batch's rows
+                      if len(enc.encode_ordinary(prompt + p)) + cfg.max_new_tokens <= policy.config.block_size]
+    pool.queue += [items[j] for j in rng.permutation(len(items))]
+    return dict(info, problems=len(groups), kept=sum(keep), items=len(items))
 
 
 # -----------------------------------------------------------------------------
@@ -107,48 +137,45 @@ def prefix_states(prompt, solution, rng, frac=0.5, alpha=0.95):
 
 
 class StatePool:
-    """Where rollout states come from. Fresh RL problems in a reshuffled order each epoch, mixed with a buffer of
-    prefix states harvested by ReST filtering: a draw of n states takes round(prefix_frac * n) from the buffer
-    (uniformly, each used once, like the official one-pass dataset), the rest fresh. The buffer keeps the newest
-    `size` states. A state is (task index, text after the prompt); the pool's state_dict makes resume exact."""
+    """Where training items come from: fresh RL problems (task indices in `task_ids`) in a reshuffled order each
+    epoch, and a queue of ready items (ReST's filtered data set) taken in order, each once. Its state_dict
+    makes a resumed run exact."""
 
-    def __init__(self, n_tasks, seed, size):
-        self.n_tasks, self.seed, self.size = n_tasks, seed, size
-        self.epoch, self.cursor, self.buffer = 0, 0, []
+    def __init__(self, task_ids, seed):
+        self.task_ids, self.seed = list(task_ids), seed
+        self.epoch, self.cursor, self.queue = 0, 0, []
 
-    def add(self, states):
-        self.buffer.extend(states)
-        del self.buffer[:max(0, len(self.buffer) - self.size)]  # forget the oldest
-
-    def draw(self, n, prefix_frac, rng):
-        k = min(round(prefix_frac * n), len(self.buffer))
-        picked = sorted(rng.choice(len(self.buffer), size=k, replace=False).tolist(), reverse=True)
-        out = [self.buffer.pop(j) for j in picked]
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_tasks)
+    def fresh(self, n):
+        out = []
         while len(out) < n:
-            out.append((int(order[self.cursor]), ''))
-            self.cursor += 1
-            if self.cursor == self.n_tasks:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.task_ids))
+            take = order[self.cursor:self.cursor + n - len(out)]
+            out += [self.task_ids[j] for j in take]
+            self.cursor += len(take)
+            if self.cursor == len(self.task_ids):
                 self.epoch, self.cursor = self.epoch + 1, 0
-                order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_tasks)
+        return out
+
+    def take(self, n):
+        out, self.queue = self.queue[:n], self.queue[n:]
         return out
 
     def state_dict(self):
-        return dict(epoch=self.epoch, cursor=self.cursor, buffer=list(self.buffer))
+        return dict(epoch=self.epoch, cursor=self.cursor, queue=list(self.queue))
 
     def load_state_dict(self, d):
-        self.epoch, self.cursor, self.buffer = d['epoch'], d['cursor'], [tuple(s) for s in d['buffer']]
+        self.epoch, self.cursor, self.queue = d['epoch'], d['cursor'], [tuple(s) for s in d['queue']]
 
 
-def rollout(policy, enc, states, G, cfg, generator=None):
-    """Sample G completions of each state (dict: task, text = prompt + partial program, ids) and score every
-    program = text + completion on the task's hidden tests. A completion cut at max_new_tokens is scored as it
-    is and gets no end token: training only ever sees tokens the policy sampled.
+def rollout(policy, enc, states, G, cfg, generator=None, temperature=1.0):
+    """Sample G completions of each state (dict: task, text = prompt + partial program, ids) at `temperature` and
+    score every program = text + completion on the task's hidden tests. A completion cut at max_new_tokens is
+    scored as it is and gets no end token: training only ever sees tokens the policy sampled.
     Returns (groups, info): one group per state with its G completions, their sampler log-probs and rewards."""
     t0 = time.time()
     policy.eval()
     s = policy.sample([st['ids'] for st in states], n=G, max_new_tokens=cfg.max_new_tokens,
-                      temperature=cfg.rl_temperature, stop_ids=(enc.eot_token,), pad_id=T.pad_id(enc),
+                      temperature=temperature, stop_ids=(enc.eot_token,), pad_id=T.pad_id(enc),
                       generator=generator)
     rows, stopped = s.rows(), s.stopped.tolist()
     logps = [lp[m].cpu() for lp, m in zip(s.logp, s.mask)]
@@ -296,49 +323,38 @@ def dpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
 # the iteration loop
 
 
-def collect(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
-    """Rounds of rl_batch_groups states, sampled and scored, until the batch holds rl_batch_groups informative
-    groups (at most rl_max_rounds rounds; grpo: one round, every group). Returns (batch, sampled groups, info)."""
-    B = cfg.rl_batch_groups
-    batch, sampled = [], []
-    info = dict(t_sample=0.0, t_score=0.0, tokens=0, truncated=0, rounds=0, harvested=0)
-    for _ in range(1 if method == 'grpo' else cfg.rl_max_rounds):
-        drawn = pool.draw(B, cfg.rl_prefix_frac if method == 'rest_grpo' else 0.0, rng)
-        groups, inf = rollout(policy, enc, [make_state(i, p, rl_tasks, enc) for i, p in drawn],
-                              cfg.rl_group_size, cfg, generator)
-        for k, v in inf.items():
-            info[k] += v
+def next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
+    """The iteration's rl_batch_groups training items, running filter rounds first while the queue holds fewer
+    (at most one epoch of problems' worth: a pool with nothing informative left yields a short batch).
+    Returns (items, info of the filter rounds)."""
+    B, info = cfg.rl_batch_groups, dict(tokens=0, t_sample=0.0, t_score=0.0, rounds=0, problems=0, kept=0, items=0)
+    if not METHODS[method]['filtered']:
+        return [(i, '') for i in pool.fresh(B)], info
+    while len(pool.queue) < B and info['problems'] < len(pool.task_ids):
+        for k, v in filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng).items():
+            info[k] = info.get(k, 0) + v
         info['rounds'] += 1
-        sampled += groups
-        rewards = torch.stack([g['reward'] for g in groups])  # (B, G)
-        if method == 'grpo':
-            keep = [True] * len(groups)
-        elif method == 'rest_dpo':
-            keep = (rewards.amax(1) > rewards.amin(1)).tolist()  # a pair needs two different rewards
-        else:
-            keep = keep_groups(rewards, cfg.rl_std_threshold).tolist()
-        batch += [g for g, k in zip(groups, keep) if k][:B - len(batch)]
-        if method == 'rest_grpo':  # new start states from the best program of each kept group
-            for g, k in zip(groups, keep):
-                best = int(g['reward'].argmax())
-                if k and g['reward'][best] >= cfg.rl_prefix_min_reward:
-                    solution = g['state']['partial'] + g['texts'][best]  # the program after the task's prompt
-                    new = [(g['state']['task_idx'], p) for p in
-                           prefix_states('', solution, rng, cfg.rl_prefix_lines_frac, cfg.rl_prefix_alpha)]
-                    # a long state would shorten every row's max_new_tokens in its sampling batch
-                    new = [s for s in new if len(enc.encode_ordinary(g['state']['task']['prompt'] + s[1]))
-                           + cfg.max_new_tokens <= policy.config.block_size]
-                    pool.add(new)
-                    info['harvested'] += len(new)
-        if len(batch) >= B:
-            break
-    return batch, sampled, info
+    return pool.take(B), info
 
 
-def _effective_by_difficulty(sampled):
+def train_step(method, policy, ref, optimizer, items, enc, rl_tasks, cfg, generator, ctx):
+    """One batch of items -> rl_inner_steps optimizer steps. Returns (sampled groups, rollout info, update stats)."""
+    pad = T.pad_id(enc)
+    if METHODS[method]['loss'] == 'dpo':  # a pair is a two-row group whose first row won
+        pairs = [dict(state=make_state(i, '', rl_tasks, enc), ids=[c, r], reward=torch.tensor([1.0, 0.0]))
+                 for i, c, r in items]
+        return [], dict(tokens=0, t_sample=0.0, t_score=0.0, truncated=0), dpo_update(policy, ref, optimizer, pairs,
+                                                                                      cfg, pad, ctx)
+    states = [make_state(i, p, rl_tasks, enc) for i, p in items]
+    with ctx:
+        groups, info = rollout(policy, enc, states, cfg.rl_group_size, cfg, generator, cfg.rl_temperature)
+    return groups, info, grpo_update(policy, ref, optimizer, groups, cfg, pad, ctx)
+
+
+def _effective_by_difficulty(groups):
     """{difficulty: [informative, all]} over the groups of fresh problems (prefix states are easier)."""
     out = {}
-    for g in sampled:
+    for g in groups:
         if g['state']['partial'] == '':
             counts = out.setdefault(g['state']['task']['difficulty'], [0, 0])
             counts[0] += int(g['reward'].max() > g['reward'].min())
@@ -346,15 +362,47 @@ def _effective_by_difficulty(sampled):
     return dict(sorted(out.items()))
 
 
+def iteration_record(it, prev, groups, n_items, sample_info, filter_info, stats, wall, cfg):
+    """The history record of iteration `it` (cumulative counts carried on from `prev`)."""
+    rec = dict(iter=it, optimizer_steps=it * cfg.rl_inner_steps, items=n_items,
+               tokens_iter=sample_info['tokens'] + filter_info['tokens'],
+               tokens_sampled=prev['tokens_sampled'] + sample_info['tokens'] + filter_info['tokens'],
+               wall=wall, wall_total=prev['wall_total'] + wall,
+               filter_rounds=prev.get('filter_rounds', 0) + filter_info['rounds'],
+               filter_problems=prev.get('filter_problems', 0) + filter_info['problems'],
+               filter_kept=prev.get('filter_kept', 0) + filter_info['kept'], **stats)
+    if groups:  # the training samples (not rest_dpo's, which trains on the filter's own)
+        R = torch.stack([g['reward'] for g in groups])  # (items, G)
+        fresh = torch.tensor([g['state']['partial'] == '' for g in groups])
+        rec.update(reward=R.mean().item(), reward_binary=torch.stack([g['binary'] for g in groups]).mean().item(),
+                   effective_group_frac=(R.amax(1) > R.amin(1)).float().mean().item(),  # nonzero std: a gradient
+                   prefix_frac=1 - fresh.float().mean().item(),  # share of trained groups that start mid-program
+                   effective_groups_by_difficulty=_effective_by_difficulty(groups),
+                   truncated_frac=sample_info['truncated'] / R.numel())
+    t_sample, t_score = sample_info['t_sample'] + filter_info['t_sample'], sample_info['t_score'] + filter_info['t_score']
+    rec.update(sample_share=t_sample / wall, score_share=t_score / wall, update_share=1 - (t_sample + t_score) / wall)
+    return rec
+
+
 def _autocast(cfg):
     return torch.autocast('cuda', dtype=torch.bfloat16) if cfg.dtype == 'bfloat16' else nullcontext()
+
+
+def rl_task_ids(rl_tasks, cfg):
+    """The RL problem pool: the rl split's tasks of difficulty >= rl_min_difficulty (the hard regime)."""
+    ids = [i for i, t in enumerate(rl_tasks) if t['difficulty'] >= cfg.rl_min_difficulty]
+    if not ids:
+        raise ValueError(f"config key 'rl_min_difficulty' = {cfg.rl_min_difficulty}: no rl task is that hard")
+    return ids
 
 
 def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=print):
     """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
     Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
     (seed, iteration), so a resumed run equals an uninterrupted one. Greedy pass@1 on eval_tasks (the dev split)
-    every rl_eval_interval iterations, on test_tasks once at the end. Returns the history."""
+    at the start and every rl_eval_interval iterations; on test_tasks (greedy, and sampled: eval_samples per task
+    at eval_temperature) at the start, every rl_test_interval iterations (0: none between) and at the end;
+    test_tasks=None (a sweep) never reads the test split. Returns the history."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got '{method}'")
     if cfg.rl_reward not in ('binary', 'partial'):
@@ -362,7 +410,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     policy.eval()  # no dropout anywhere in RL: it would make pi, pi_old and the sampler disagree by noise
     ref = copy.deepcopy(policy).requires_grad_(False)
     optimizer = policy.configure_optimizers(cfg.rl_weight_decay, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])
-    pool = StatePool(len(rl_tasks), cfg.seed, cfg.rl_prefix_buffer)
+    pool = StatePool(rl_task_ids(rl_tasks, cfg), cfg.seed)
     history, it0 = [], 0
     if os.path.exists(path):
         ckpt = torch.load(path, map_location=device, weights_only=False)
@@ -371,8 +419,20 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         pool.load_state_dict(ckpt['pool'])
         history, it0 = ckpt['history'], ckpt['iter_num']
         log(f"rl {method}: resuming from iteration {it0} of {path}")
-    evaluate = lambda task_list, n: T.evaluate_greedy(policy, enc, T.spread(task_list, n), device,
-                                                      cfg.max_new_tokens, cfg.eval_batch_size)
+
+    def evaluate(rec, split):
+        if split == 'eval':
+            ev = T.evaluate_greedy(policy, enc, T.spread(eval_tasks, cfg.eval_tasks), device, cfg.max_new_tokens,
+                                   cfg.eval_batch_size)
+            rec.update(eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty'])
+            return f", {cfg.eval_split} pass@1 {ev['pass1']:.3f}"
+        tasks = T.spread(test_tasks, cfg.final_eval_tasks)
+        ev = T.evaluate_greedy(policy, enc, tasks, device, cfg.max_new_tokens, cfg.eval_batch_size)
+        sampled = T.evaluate_sampled(policy, enc, tasks, device, cfg.max_new_tokens, cfg.eval_batch_size,
+                                     cfg.eval_temperature, cfg.eval_samples, seed=cfg.seed)
+        rec.update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'],
+                   test_pass1_sampled=sampled['pass1'], test_by_difficulty_sampled=sampled['by_difficulty'])
+        return f", test pass@1 {ev['pass1']:.3f} (sampled at {cfg.eval_temperature:g}: {sampled['pass1']:.3f})"
 
     def checkpoint(it):
         save_checkpoint(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it, method=method,
@@ -380,64 +440,45 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
                              config=vars(cfg)), path)
 
     if not history:  # iteration 0: the starting policy
-        ev = evaluate(eval_tasks, cfg.eval_tasks)
-        history.append(dict(iter=0, tokens_sampled=0, wall_total=0.0, eval_pass1=ev['pass1'],
-                            eval_by_difficulty=ev['by_difficulty']))
-        log(f"rl {method}: start, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} {cfg.eval_split} tasks")
-    pad, ctx = T.pad_id(enc), _autocast(cfg)
+        history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
+        said = evaluate(history[0], 'eval') + (evaluate(history[0], 'test') if test_tasks is not None else '')
+        log(f"rl {method}: start{said}")
+    ctx = _autocast(cfg)
     bar = tqdm(total=cfg.rl_iters, initial=it0, desc=f'rl {method}', dynamic_ncols=True)
-    for it in range(it0, cfg.rl_iters):
-        if cfg.rl_token_budget and history[-1]['tokens_sampled'] >= cfg.rl_token_budget:
-            log(f"rl {method}: token budget {cfg.rl_token_budget} spent after {it} iterations")
-            break
+    for it in range(it0 + 1, cfg.rl_iters + 1):
         t0 = time.time()
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + it)
         rng = np.random.default_rng([cfg.seed, it])
         with ctx:
-            batch, sampled, info = collect(method, policy, enc, pool, rl_tasks, cfg, generator, rng)
-        t1 = time.time()
-        stats = {}
-        if batch:  # empty when no informative group turned up in rl_max_rounds rounds: nothing to learn from
-            stats = (dpo_update if method == 'rest_dpo' else grpo_update)(policy, ref, optimizer, batch, cfg, pad, ctx)
-        wall = time.time() - t0
-        R = torch.stack([g['reward'] for g in sampled])  # (n_sampled, G) training reward
-        fresh = torch.tensor([g['state']['partial'] == '' for g in sampled])  # prefix states are easier:
-        R_fresh = R[fresh]  # rewards on fresh problems compare across methods, rewards on all states do not
-        rec = dict(iter=it + 1, reward=R.mean().item(),
-                   reward_binary=torch.stack([g['binary'] for g in sampled]).mean().item(),
-                   effective_group_frac=(R.amax(1) > R.amin(1)).float().mean().item(),  # nonzero std
-                   reward_std=R.std(1, correction=0).mean().item(), reward_fresh=R_fresh.mean().item(),
-                   effective_group_frac_fresh=(R_fresh.amax(1) > R_fresh.amin(1)).float().mean().item(),
-                   effective_groups_by_difficulty=_effective_by_difficulty(sampled),
-                   groups_sampled=len(sampled), groups_trained=len(batch),
-                   prefix_states_sampled=int((~fresh).sum()),
-                   harvested=info['harvested'], buffer=len(pool.buffer), rounds=info['rounds'],
-                   tokens_iter=info['tokens'], tokens_sampled=history[-1]['tokens_sampled'] + info['tokens'],
-                   truncated_frac=info['truncated'] / (R.numel()), wall=wall,
-                   wall_total=history[-1]['wall_total'] + wall, sample_share=info['t_sample'] / wall,
-                   score_share=info['t_score'] / wall, update_share=(t0 + wall - t1) / wall, **stats)
-        spent = cfg.rl_token_budget and rec['tokens_sampled'] >= cfg.rl_token_budget  # the last iteration too
-        if (it + 1) % cfg.rl_eval_interval == 0 or it + 1 == cfg.rl_iters or spent:
-            ev = evaluate(eval_tasks, cfg.eval_tasks)
-            rec.update(eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty'])
+            items, filter_info = next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng)
+        groups, sample_info, stats = [], dict(tokens=0, t_sample=0.0, t_score=0.0, truncated=0), {}
+        if items:  # empty only when no problem in the pool is informative any more
+            groups, sample_info, stats = train_step(method, policy, ref, optimizer, items, enc, rl_tasks, cfg,
+                                                    generator, ctx)
+        rec = iteration_record(it, history[-1], groups, len(items), sample_info, filter_info, stats,
+                               time.time() - t0, cfg)
+        said = ''
+        if it % cfg.rl_eval_interval == 0 or it == cfg.rl_iters:
+            said += evaluate(rec, 'eval')
+        if test_tasks is not None and (it == cfg.rl_iters or cfg.rl_test_interval and it % cfg.rl_test_interval == 0):
+            said += evaluate(rec, 'test')
         history.append(rec)
-        checkpoint(it + 1)
+        checkpoint(it)
         bar.update(1)
-        bar.set_postfix(reward=f"{rec['reward']:.3f}", eff=f"{rec['effective_group_frac']:.2f}")
-        all_pass = f"; all tests pass {rec['reward_binary']:.3f}" if cfg.rl_reward == 'partial' else ''
-        log(f"rl {method} iter {it + 1}: {cfg.rl_reward} reward {rec['reward']:.3f} (fresh problems "
-            f"{rec['reward_fresh']:.3f}{all_pass}), effective groups "
-            f"{rec['effective_group_frac']:.2f} of {len(sampled)}, trained on {len(batch)}, kl {stats.get('kl', 0):.4f}, "
-            f"{rec['tokens_sampled']} tokens, {wall:.1f}s (sample {rec['sample_share']:.0%}, score "
-            f"{rec['score_share']:.0%}, update {rec['update_share']:.0%})"
-            + (f", {cfg.eval_split} pass@1 {rec['eval_pass1']:.3f}" if 'eval_pass1' in rec else ''))
+        log(describe(method, rec, cfg) + said)
     bar.close()
-    if 'eval_pass1' not in history[-1]:  # stopped between evaluations (a lowered rl_iters): evaluate the end
-        ev = evaluate(eval_tasks, cfg.eval_tasks)
-        history[-1].update(eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty'])
-    if 'test_pass1' not in history[-1]:  # the final table's number: the test split, read once per run
-        ev = evaluate(test_tasks, cfg.final_eval_tasks)
-        history[-1].update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'])
-        log(f"rl {method}: final greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)})")
-        checkpoint(history[-1]['iter'])
     return history
+
+
+def describe(method, rec, cfg):
+    """One log line for an iteration's record."""
+    out = f"rl {method} iter {rec['iter']}: {rec['optimizer_steps']} steps, {rec['items']} items"
+    if rec['filter_rounds']:
+        out += f" (filter: {rec['filter_kept']} of {rec['filter_problems']} problems kept so far)"
+    if 'reward' in rec:
+        out += (f", {cfg.rl_reward} reward {rec['reward']:.3f}, effective groups {rec['effective_group_frac']:.2f}, "
+                f"prefix states {rec['prefix_frac']:.2f}")
+    if 'kl' in rec:
+        out += f", kl {rec['kl']:.4f}" + (f", clip {rec['clip_frac']:.3f}" if 'clip_frac' in rec else '')
+    return (out + f", {rec['tokens_sampled']} tokens, {rec['wall']:.1f}s (sample {rec['sample_share']:.0%}, "
+            f"score {rec['score_share']:.0%}, update {rec['update_share']:.0%})")

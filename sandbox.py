@@ -104,6 +104,7 @@ class _Setup:  # what the worker could set up; filled once by _enter_namespaces
     isolated = False   # own pid/net/mount namespaces
     uid = None         # root: the uid programs run as
     pidns = None       # fd of the worker's own pid namespace (to reset after each run)
+    tmp_stat = None    # /tmp's mode, owner and free blocks and inodes when freshly mounted
     workdir = None     # fallback mode: parent of the per-run temp dirs
 
 
@@ -158,7 +159,11 @@ def _enter_namespaces(first):
 
 
 def _fresh_tmp():
-    """Isolated mode, before each run: a new empty tmpfs on /tmp, shared with /var/tmp and /dev/shm."""
+    """Isolated mode, before each run: a new empty tmpfs on /tmp, shared with /var/tmp and /dev/shm.
+    A tmpfs the last run left as it was mounted is kept (most programs write no file): no entry, no
+    extended attribute, no block or inode in use, the same mode and owner. Saves ~0.5 ms a program."""
+    if _Setup.tmp_stat is not None and _tmp_as_mounted():
+        return
     owner = f',uid={_Setup.uid},gid={_Setup.uid}' if _Setup.uid is not None else ''
     for d in (b'/dev/shm', b'/var/tmp', b'/tmp'):
         _libc.umount2(d, MNT_DETACH)  # the previous run's files go with it
@@ -166,6 +171,14 @@ def _fresh_tmp():
     for d in (b'/var/tmp', b'/dev/shm'):
         if os.path.isdir(d):
             _mount(b'/tmp', d, None, MS_BIND)
+    st, fs = os.stat('/tmp'), os.statvfs('/tmp')
+    _Setup.tmp_stat = (st.st_mode, st.st_uid, st.st_gid, fs.f_bfree, fs.f_ffree)
+
+
+def _tmp_as_mounted():
+    st, fs = os.stat('/tmp'), os.statvfs('/tmp')
+    return ((st.st_mode, st.st_uid, st.st_gid, fs.f_bfree, fs.f_ffree) == _Setup.tmp_stat
+            and not os.listdir('/tmp') and not os.listxattr('/tmp'))
 
 
 _CAP_HEADER = (ctypes.c_uint32 * 2)(CAPABILITY_VERSION_3, 0)

@@ -56,6 +56,7 @@ bias = False
 # SFT warm start
 sft_iters = 850          # calibrated on dev: all 0.466, one step 0.82, eight steps 0.03 (README)
 sft_batch_size = 32
+sft_micro_batches = 4    # a batch runs as this many length-sorted slices, each padded to its own longest: 2x faster
 sft_lr = 2e-3            # peak learning rate, cosine decay to sft_lr / 10
 sft_warmup_iters = 50
 sft_weight_decay = 0.1
@@ -66,32 +67,35 @@ eval_tasks = 0           # eval_split tasks (spread over difficulties) for the p
 final_eval_tasks = 0     # test tasks for the final evaluations of the SFT and RL models (0 = all)
 eval_batch_size = 256
 max_new_tokens = 160     # longest completion sampled anywhere (the longest solution: 149 tokens + end)
-# RL (restrl.py): ReST-GRPO, naive GRPO, ReST-DPO
-rl_iters = 20            # RL iterations (one batch of groups, rl_inner_steps optimizer steps each)
+# RL (restrl.py): ReST-GRPO, naive GRPO, ReST-DPO; one iteration = one batch of rl_batch_groups items
+rl_iters = 20            # RL iterations; each takes rl_inner_steps optimizer steps (the comparison's axis)
 rl_lr = 5e-5             # DESIGN 4: 3e-4 collapsed the policy, 5e-5 was stable
 rl_weight_decay = 0.0
-rl_batch_groups = 32     # groups per batch, and states drawn per sampling round
-rl_group_size = 8        # G: completions sampled per state
-rl_max_rounds = 4        # rest_*: sampling rounds allowed to fill the batch with informative groups
+rl_batch_groups = 32     # training items per iteration: start states (G samples each) or DPO pairs
+rl_group_size = 8        # G: completions sampled per state (official 8)
 rl_temperature = 1.0     # sampling temperature (log-probs are always those of the untempered policy)
-rl_reward = 'binary'     # 'binary' (all tests pass; the paper's regime) or 'partial' (fraction of tests)
-rl_std_threshold = 0.05  # ReST: keep a group when its population reward std >= this (official)
-rl_prefix_min_reward = 0.9  # ReST: cut prefixes from a kept group's best program when its reward >= this
+rl_reward = 'partial'    # 'partial' (fraction of tests passed, official) or 'binary' (all tests pass)
+rl_min_difficulty = 1    # the RL problem pool: rl tasks of at least this many steps (the hard regime: 7)
+rl_filter_tasks = 512    # ReST: fresh problems per filter round (a round runs when the data set runs out)
+rl_filter_samples = 5    # ReST: programs sampled per problem in a filter round (official n = 5)
+rl_filter_temperature = 0.7  # ReST: their sampling temperature (official)
+rl_std_threshold = 0.05  # ReST: keep a problem when its population reward std >= this (official)
+rl_prefix_min_reward = 0.9  # ReST: cut prefixes from a kept problem's best program when its reward >= this
 rl_prefix_lines_frac = 0.5  # ReST: draw ceil(frac * n_lines) prefixes per such program (official)
 rl_prefix_alpha = 0.95   # ReST: a k-line prefix is drawn with weight alpha**(k-1): short prefixes favoured
-rl_prefix_frac = 0.5     # ReST: share of each round's states taken from the prefix buffer
-rl_prefix_buffer = 1024  # ReST: newest prefix states kept
-rl_clip_eps = 0.2        # PPO clip
+rl_clip_eps = 0.2        # PPO clip (acts only from the second optimizer step on a batch)
 rl_kl_coef = 0.02        # beta on the k3 KL to the SFT reference
 rl_adv_eps = 1e-4        # eps in A = (r - mean) / (std + eps)
 rl_scale_by_std = True   # False: Dr. GRPO (no division by the group std)
 rl_token_level = False   # True: DAPO averaging over all tokens of the batch
 rl_dpo_beta = 0.1        # ReST-DPO's beta
-rl_inner_steps = 1       # optimizer steps per sampled batch
+rl_inner_steps = 1       # optimizer steps per batch (1: the ratio is exactly 1 and the clip never acts)
 rl_micro_batch = 64      # rows per forward/backward
 rl_timeout = 1.0         # sandbox seconds per program in rollouts
 rl_eval_interval = 5     # greedy eval_split pass@1 every N iterations
-rl_token_budget = 0      # stop RL once this many tokens were sampled (0: no limit); equal budgets across methods
+rl_test_interval = 0     # test pass@1 (greedy and sampled) every N iterations, for curves (0: start and end only)
+eval_samples = 4         # sampled pass@1 on test: programs per task ...
+eval_temperature = 0.7   # ... at this temperature (the paper evaluates its policies by sampling at 0.7)
 # MCTS value targets (mcts.py)
 mcts_num_sample = 5      # next lines sampled per expansion (official num_sample)
 mcts_num_decision = 3    # children kept per expansion, best scored first (official num_decision)
@@ -216,6 +220,25 @@ def encode_sft(enc, task_list, block_size):
     return x, y, lengths
 
 
+def sft_backward(model, x_all, y_all, len_all, ix, micro_batches, dev, ctx=nullcontext()):
+    """Accumulate the gradient of the batch's mean cross-entropy over all its target tokens, running the rows
+    sorted by length in `micro_batches` slices, each cut to its own longest row: the same gradient as one
+    padded pass, without computing the padding (a random batch is ~1.6x its real tokens when padded whole).
+    Returns the batch loss and its number of target tokens."""
+    ix = ix[len_all[ix].argsort()]
+    n_targets = int((y_all[ix] != -1).sum())
+    loss_sum = 0.0
+    for rows in ix.chunk(micro_batches):
+        L = int(len_all[rows].max())
+        x, y = x_all[rows, :L].to(dev), y_all[rows, :L].to(dev)
+        with ctx:
+            _, loss = model(x, y)  # mean over this slice's targets
+        n = int((y != -1).sum())
+        (loss * n / n_targets).backward()  # sum over slices of n_i * mean_i / n = the batch mean
+        loss_sum += loss.item() * n
+    return loss_sum / n_targets, n_targets
+
+
 def cosine_lr(it, peak, warmup, total):
     if it < warmup:
         return peak * (it + 1) / warmup
@@ -260,28 +283,24 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=print):
         # the batch depends only on (seed, iteration), so a resumed run sees the batches it would have seen
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
         ix = torch.randint(len(x_all), (cfg.sft_batch_size,), generator=g)
-        L = int(len_all[ix].max())
-        x, y = x_all[ix, :L].to(dev), y_all[ix, :L].to(dev)
         for group in optimizer.param_groups:
             group['lr'] = cosine_lr(it, cfg.sft_lr, cfg.sft_warmup_iters, cfg.sft_iters)
-        with ctx:
-            _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, n_targets = sft_backward(model, x_all, y_all, len_all, ix, cfg.sft_micro_batches, dev, ctx)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         it += 1
-        tokens_seen += int((y != -1).sum())
+        tokens_seen += n_targets
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}")
         if it % cfg.sft_eval_interval == 0 or it == cfg.sft_iters:
             dt = time.time() - t0
             ev = T.evaluate_greedy(model, enc, T.spread(eval_tasks, cfg.eval_tasks), dev,
                                    cfg.max_new_tokens, cfg.eval_batch_size)
-            history.append(dict(iter=it, loss=loss.item(), eval_pass1=ev['pass1'],
+            history.append(dict(iter=it, loss=loss, eval_pass1=ev['pass1'],
                                 eval_by_difficulty=ev['by_difficulty']))
             left = dt / max(1, it - bar.initial) * (cfg.sft_iters - it)
-            log(f"sft iter {it}: loss {loss.item():.4f}, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} "
+            log(f"sft iter {it}: loss {loss:.4f}, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} "
                 f"{cfg.eval_split} tasks ({T.format_bands(ev)}), "
                 f"{tokens_seen / dt:.0f} target tok/s, {left / 60:.1f} min left")
             checkpoint(done=False)
@@ -308,28 +327,31 @@ def final_policy(cfg):
     raise SystemExit(f"no policy in {cfg.out_dir}: run the sft stage first (python train.py --stage=sft)")
 
 
+HISTORY_KEYS = ('iter', 'optimizer_steps', 'tokens_sampled', 'wall_total', 'reward', 'effective_group_frac', 'kl',
+                'filter_problems', 'filter_kept', 'prefix_frac', 'eval_pass1', 'test_pass1', 'test_pass1_sampled',
+                'test_by_difficulty')
+
+
 def rl_summary(runs):
-    """results.json's train.<method>: the final test pass@1 as mean and SE over seeds, the effective-group
-    fraction per iteration averaged over the seeds that reached it, and every seed's own curves under 'seeds'
-    (eval_pass1_curve: (iteration, tokens, pass@1 on the eval split))."""
-    per_seed = {}
-    for seed, history in runs.items():
-        evals = [h for h in history if 'eval_pass1' in h]
-        per_seed[str(seed)] = dict(
-            test_pass1=history[-1]['test_pass1'], by_difficulty=history[-1]['test_by_difficulty'],
-            eval_pass1_curve=[(h['iter'], h['tokens_sampled'], h['eval_pass1']) for h in evals],
-            effective_group_frac=[h['effective_group_frac'] for h in history[1:]],
-            effective_group_frac_fresh=[h['effective_group_frac_fresh'] for h in history[1:]],
-            tokens_sampled=history[-1]['tokens_sampled'], iterations=history[-1]['iter'])
+    """results.json's train.<method>: test pass@1 of the starting model and at the end (greedy, and sampled at
+    eval_temperature), mean and SE over seeds; the effective-group fraction per iteration averaged over seeds;
+    and every seed's history (the keys above, per iteration; test_pass1 where the test split was evaluated)."""
+    per_seed = {str(seed): dict(start_pass1=h[0]['test_pass1'], test_pass1=h[-1]['test_pass1'],
+                                test_pass1_sampled=h[-1]['test_pass1_sampled'], by_difficulty=h[-1]['test_by_difficulty'],
+                                history=[{k: r[k] for k in HISTORY_KEYS if k in r} for r in h])
+                for seed, h in runs.items()}
     rs = list(per_seed.values())
-    longest = max(len(r['effective_group_frac']) for r in rs)
-    eff = [report.mean_se([r['effective_group_frac'][i] for r in rs if i < len(r['effective_group_frac'])])[0]
-           for i in range(longest)]
-    pass1, se = report.mean_se([r['test_pass1'] for r in rs])
-    diffs = rs[0]['by_difficulty']
-    return dict(test_pass1=pass1, test_pass1_se=se, effective_group_frac=eff,
-                by_difficulty={d: report.mean_se([r['by_difficulty'][d] for r in rs])[0] for d in diffs},
-                tokens_sampled=report.mean_se([r['tokens_sampled'] for r in rs])[0], seeds=per_seed)
+    out = {}
+    for key in ('start_pass1', 'test_pass1', 'test_pass1_sampled'):
+        out[key], out[key + '_se'] = report.mean_se([r[key] for r in rs])
+    effs = [[r['effective_group_frac'] for r in run['history'][1:] if 'effective_group_frac' in r] for run in rs]
+    out['effective_group_frac'] = [report.mean_se([e[i] for e in effs if i < len(e)])[0]
+                                   for i in range(max(map(len, effs)))]
+    out['by_difficulty'] = {d: report.mean_se([r['by_difficulty'][d] for r in rs])[0] for d in rs[0]['by_difficulty']}
+    last = [run['history'][-1] for run in rs]
+    for key in ('optimizer_steps', 'tokens_sampled', 'wall_total'):
+        out[key] = report.mean_se([h[key] for h in last])[0]
+    return dict(out, seeds=per_seed)
 
 
 def read_results(cfg):
@@ -346,9 +368,11 @@ def print_table(results):
     if 'sft' in results:
         print(f"{'SFT greedy pass@1':<34}{results['sft']['test_pass1']:.3f}")
     for m, r in results.get('train', {}).items():
-        eff, pass1 = r['effective_group_frac'], report.fmt(r['test_pass1'], r['test_pass1_se'])
-        print(f"{m + ' greedy pass@1':<34}{pass1}   (seeds: {len(r['seeds'])}; effective groups, mean over "
-              f"{len(eff)} iterations: {sum(eff) / max(1, len(eff)):.2f})")
+        eff = r['effective_group_frac']
+        print(f"{m + ' greedy pass@1':<34}{report.fmt(r['start_pass1'], r['start_pass1_se'])} -> "
+              f"{report.fmt(r['test_pass1'], r['test_pass1_se'])}   (seeds: {len(r['seeds'])}, "
+              f"{r['optimizer_steps']:.0f} optimizer steps; effective groups, mean over {len(eff)} iterations: "
+              f"{sum(eff) / max(1, len(eff)):.2f})")
     for m, per_budget in results.get('decode', {}).items():
         print(f"{'decode ' + m:<34}" + "   ".join(f"{b}: {report.fmt(v['pass1'], v['pass1_se'])}"
                                                  for b, v in per_budget.items()))

@@ -383,3 +383,38 @@ def test_real_humaneval_file_if_installed():
     assert len(tasks) == 164 and tasks[0]['task_id'] == 'HumanEval/0'
     results = sandbox.run_batch([(t['prompt'] + t['canonical_solution'], t['tests']) for t in tasks[:20]])
     assert [r.reward for r in results] == [1.0] * 20
+
+
+class ScriptedSampler:
+    """Stands in for GPT.sample: row r of a call gets scripted[prompt][r % n] (ids of a completion)."""
+
+    def __init__(self, scripted):
+        self.scripted, self.training = scripted, False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def sample(self, prompts, n, max_new_tokens, temperature, stop_ids, pad_id, generator=None):
+        import torch
+        from model import Samples
+        rows = [ENC.encode_ordinary(self.scripted[ENC.decode(p)][r]) + [ENC.eot_token] for p in prompts for r in range(n)]
+        T_ = max(map(len, rows))
+        tokens, mask = torch.full((len(rows), T_), pad_id), torch.zeros(len(rows), T_, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            tokens[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), True
+        return Samples(tokens, torch.zeros(len(rows), T_), mask, torch.ones(len(rows), dtype=torch.bool))
+
+
+def test_sampled_pass1_is_the_mean_fraction_of_passing_samples():
+    a, b = SPLITS['test'][0], SPLITS['test'][-1]  # difficulty 1 and 8
+    wrong = '    return None\n'
+    model = ScriptedSampler({a['prompt']: [a['canonical_solution']] * 3 + [wrong],  # 3 of 4 pass
+                             b['prompt']: [wrong] * 3 + [b['canonical_solution']]})  # 1 of 4
+    ev = T.evaluate_sampled(model, ENC, [a, b], 'cpu', batch_size=4, temperature=0.7, samples=4)  # 1 task a call
+    assert ev['pass1'] == (0.75 + 0.25) / 2 and ev['n'] == 2
+    assert ev['by_difficulty'] == {a['difficulty']: 0.75, b['difficulty']: 0.25}
+    greedy = ScriptedSampler({a['prompt']: [a['canonical_solution']], b['prompt']: [wrong]})
+    assert T.evaluate_greedy(greedy, ENC, [a, b], 'cpu')['pass1'] == 0.5

@@ -1,4 +1,5 @@
 """report.py: mean and standard error, the markdown tables, and plots only when matplotlib is there."""
+import json
 import os
 import sys
 
@@ -7,20 +8,30 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import report  # noqa: E402
+import train  # noqa: E402
+
+
+def history(end, sampled, eff, tokens):
+    """A two-iteration RL history as restrl.train_rl writes it: test evaluated at the start and the end."""
+    start = dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0, test_pass1=0.5, test_pass1_sampled=0.4,
+                 test_by_difficulty={1: 0.9, 2: 0.1})
+    mid = dict(iter=1, optimizer_steps=2, tokens_sampled=tokens // 2, wall_total=30.0, effective_group_frac=eff[0])
+    last = dict(iter=2, optimizer_steps=4, tokens_sampled=tokens, wall_total=60.0, effective_group_frac=eff[1],
+                test_pass1=end, test_pass1_sampled=sampled, test_by_difficulty={1: 1.0, 2: end - 0.4})
+    return [start, mid, last]
 
 
 def fake_results():
-    run = lambda p, eff: dict(test_pass1=p, eval_pass1_curve=[(0, 0, 0.5), (4, 1000, p - 0.02)],  # noqa: E731
-                              effective_group_frac=eff, iterations=4, tokens_sampled=1000)
     decode = {'greedy': {'0': dict(pass1=0.5, pass1_se=0.0, tokens=50, seeds=1, by_difficulty={'1': 0.9, '2': 0.1})}}
     for m, p in (('bon_orm', 0.4), ('vm_mcts', 0.6)):
         decode[m] = {b: dict(pass1=p, pass1_se=0.02, tokens=int(b) - 10, seeds=3, by_difficulty={'1': 1.0, '2': 0.2})
                      for b in ('128', '256')}
-    return dict(config=dict(seed=1, seeds=2, rl_iters=4, rl_token_budget=0), device='cpu', wall_seconds=60,
-                sft=dict(test_pass1=0.5, by_difficulty={'1': 0.9, '2': 0.1}),
-                train={'grpo': dict(test_pass1=0.55, test_pass1_se=0.05, effective_group_frac=[0.6, 0.7], seeds={'1': run(0.5, [0.5, 0.6]),
-                                                                             '2': run(0.6, [0.7, 0.8])})},
-                decode=decode)
+    train_ = {'grpo': train.rl_summary({1: history(0.55, 0.45, [0.5, 0.6], 1000), 2: history(0.65, 0.5, [0.7, 0.8], 3000)}),
+              'rest_grpo': train.rl_summary({1: history(0.6, 0.5, [0.8, 0.9], 1200), 2: history(0.75, 0.6, [0.9, 1.0], 3200)})}
+    return dict(config=dict(seed=1, seeds=2, rl_iters=2, rl_inner_steps=2, rl_reward='partial', rl_min_difficulty=1,
+                            eval_samples=4, eval_temperature=0.7),
+                device='cpu', wall_seconds=60, sft=dict(test_pass1=0.5, by_difficulty={'1': 0.9, '2': 0.1}),
+                train=json.loads(json.dumps(train_)), decode=decode)  # as results.json holds it
 
 
 def test_mean_se_matches_numpy():
@@ -33,9 +44,13 @@ def test_mean_se_matches_numpy():
 def test_tables_hold_the_numbers():
     r = fake_results()
     rl = report.rl_table(r['train'])
-    # dev: start 0.5 for both seeds, end 0.53 +- 0.05; test at the end 0.55 +- 0.05; effective groups
-    # (0.55 + 0.75) / 2 +- 0.1
-    assert '| grpo | 2 | 0.500 -> 0.530 ± 0.050 | **0.550 ± 0.050** | 0.650 ± 0.100 | 4 (1K) |' in rl
+    # start 0.5 on both seeds; end (0.55, 0.65): 0.6 +- 0.05; sampled (0.45, 0.5): 0.475 +- 0.025; effective
+    # groups per iteration (0.6, 0.7), mean 0.65; 4 steps, 2000 tokens and 1 minute on average
+    assert '| grpo | 2 | 0.500 -> **0.600 ± 0.050** | 0.475 ± 0.025 | 0.65 | 4 | 0.00M | 1 |' in rl
+    assert r['train']['grpo']['by_difficulty'] == {'1': 1.0, '2': pytest.approx(0.2)}
+    assert [h['test_pass1'] for h in r['train']['grpo']['seeds']['2']['history'] if 'test_pass1' in h] == [0.5, 0.65]
+    # paired by seed: (0.6 - 0.55, 0.75 - 0.65) = (0.05, 0.1): 0.075 +- 0.025
+    assert report.paired_difference(r['train'], 'rest_grpo', 'grpo') == (pytest.approx(0.075), pytest.approx(0.025))
     dec = report.decode_table(r['decode'])
     assert '| greedy | 0.500 (50) | 0.500 (50) |' in dec  # greedy has no budget: the same in every column
     assert '| vm_mcts | 0.600 ± 0.020 (118) | 0.600 ± 0.020 (246) |' in dec

@@ -155,30 +155,30 @@ PROMPT = 'def f(xs):\n    """Sort, double, sum."""\n'
 SOLUTION = '    ys = sorted(xs)\n    ys = [y * 2 for y in ys]\n\n    return sum(ys)\n'  # 4 lines, one blank
 
 
-def test_prefix_states_cut_whole_lines_never_the_full_program():
+def test_prefix_states_cut_whole_lines_the_full_program_included():
     rng = np.random.default_rng(0)
     lines = SOLUTION.split('\n')[:-1]
     seen = set()
-    for _ in range(50):
+    for _ in range(60):
         states = restrl.prefix_states(PROMPT, SOLUTION, rng, frac=0.5, alpha=0.95)
         assert len(states) == math.ceil(0.5 * 4)
         for s in states:
             assert s.startswith(PROMPT) and s.endswith('\n')  # a valid prompt: prompt + complete lines
             body = s[len(PROMPT):]
-            assert (PROMPT + SOLUTION).startswith(s) and body != SOLUTION and body
+            assert (PROMPT + SOLUTION).startswith(s) and body
             seen.add(body.count('\n'))
             assert body == '\n'.join(lines[:body.count('\n')]) + '\n'
-    assert seen == {1, 2, 3}  # every proper prefix appears, the full program never
+    assert seen == {1, 2, 3, 4}  # every prefix appears, the full program too (official)
     assert len(restrl.prefix_states(PROMPT, SOLUTION + '    x = 1\n', rng)) == 3  # ceil(0.5 * 5)
-    assert restrl.prefix_states(PROMPT, '    return xs\n', rng) == []  # one line: no proper prefix
-    # a truncated last line (cut at max_new_tokens) is never part of a state
+    assert restrl.prefix_states(PROMPT, '    return xs\n', rng) == [PROMPT + '    return xs\n']  # one line
+    # a truncated last line (cut at max_new_tokens) is a line like any other: the program as sampled
     cut = restrl.prefix_states(PROMPT, '    ys = sorted(xs)\n    return su', np.random.default_rng(0))
-    assert cut == [PROMPT + '    ys = sorted(xs)\n']
+    assert all(c in (PROMPT + '    ys = sorted(xs)\n', PROMPT + '    ys = sorted(xs)\n    return su\n') for c in cut)
 
 
 def test_prefix_weights_favour_short_prefixes():
     rng = np.random.default_rng(123)
-    solution = ''.join(f'    x{i} = {i}\n' for i in range(11))  # 11 lines -> prefixes of 1..10 lines
+    solution = ''.join(f'    x{i} = {i}\n' for i in range(10))  # 10 lines -> prefixes of 1..10 lines
     for alpha in (0.95, 0.5):
         counts = Counter()
         for _ in range(4000):
@@ -191,21 +191,18 @@ def test_prefix_weights_favour_short_prefixes():
         assert counts[1] > counts[10]
 
 
-def test_state_pool_epochs_prefix_mix_and_resume():
-    pool = restrl.StatePool(n_tasks=5, seed=0, size=4)
-    rng = np.random.default_rng(0)
-    first = pool.draw(5, 0.5, rng)  # empty buffer: all fresh
-    assert sorted(i for i, _ in first) == list(range(5)) and all(p == '' for _, p in first)
-    pool.add([(0, 'a\n'), (1, 'b\n'), (2, 'c\n'), (3, 'd\n'), (4, 'e\n')])
-    assert pool.buffer[0] == (1, 'b\n')  # capped at size 4, the oldest forgotten
+def test_state_pool_epochs_queue_and_resume():
+    pool = restrl.StatePool(task_ids=[10, 11, 12, 13, 14], seed=0)
+    first = pool.fresh(3) + pool.fresh(2)
+    assert sorted(first) == [10, 11, 12, 13, 14]  # one epoch: every problem once
+    second = pool.fresh(5)
+    assert sorted(second) == sorted(first) and second != first  # the next epoch, reshuffled
+    pool.queue += [(0, 'a\n'), (1, ''), (2, 'b\n')]
     saved = pool.state_dict()
-    rng_state = rng.bit_generator.state
-    drawn = pool.draw(4, 0.5, rng)
-    assert sum(p != '' for _, p in drawn) == 2 and len(pool.buffer) == 2  # each prefix state used once
-    twin = restrl.StatePool(5, 0, 4)
+    assert pool.take(2) == [(0, 'a\n'), (1, '')] and pool.queue == [(2, 'b\n')]  # in order, each once
+    twin = restrl.StatePool([10, 11, 12, 13, 14], 0)
     twin.load_state_dict(saved)
-    rng.bit_generator.state = rng_state
-    assert twin.draw(4, 0.5, rng) == drawn
+    assert twin.take(2) == [(0, 'a\n'), (1, '')] and twin.fresh(4) == pool.fresh(4)
 
 
 # -----------------------------------------------------------------------------
@@ -229,12 +226,13 @@ TEST_TASKS = [dict(t, task_id=f'test/{i}') for i, t in enumerate(RL_TASKS)]
 def make_cfg(**kw):
     cfg = dict(seed=0, grad_clip=1.0, max_new_tokens=48, eval_tasks=0, final_eval_tasks=0, eval_split='dev',
                eval_batch_size=16, dtype='float32',
-               rl_iters=1, rl_lr=1e-3, rl_weight_decay=0.0, rl_batch_groups=3, rl_group_size=4, rl_max_rounds=3,
-               rl_temperature=1.0, rl_reward='binary', rl_std_threshold=0.05, rl_prefix_min_reward=0.9,
-               rl_prefix_lines_frac=0.5, rl_prefix_alpha=0.95, rl_prefix_frac=0.5, rl_prefix_buffer=64,
+               rl_iters=1, rl_lr=1e-3, rl_weight_decay=0.0, rl_batch_groups=3, rl_group_size=4,
+               rl_temperature=1.0, rl_reward='binary', rl_min_difficulty=1, rl_filter_tasks=3, rl_filter_samples=4,
+               rl_filter_temperature=1.0, rl_std_threshold=0.05, rl_prefix_min_reward=0.9,
+               rl_prefix_lines_frac=0.5, rl_prefix_alpha=0.95,
                rl_clip_eps=0.2, rl_kl_coef=0.02, rl_adv_eps=1e-4, rl_scale_by_std=True, rl_token_level=False,
                rl_dpo_beta=0.1, rl_inner_steps=1, rl_micro_batch=5, rl_timeout=1.0, rl_eval_interval=1,
-               rl_token_budget=0)
+               rl_test_interval=0, eval_samples=2, eval_temperature=0.7)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
 
@@ -269,7 +267,9 @@ def sft_policy():
 
 
 class ScriptedPolicy:
-    """Stands in for GPT.sample: every state gets the same scripted completions (text, stopped)."""
+    """Stands in for GPT.sample: scripted completions (text, stopped), the same for every state (a list) or per
+    state text (a dict)."""
+    config = SimpleNamespace(block_size=1000)
 
     def __init__(self, script):
         self.script = script
@@ -278,14 +278,15 @@ class ScriptedPolicy:
         return self
 
     def sample(self, prompts, n, max_new_tokens, temperature, stop_ids, pad_id, generator):
-        assert n == len(self.script)
-        rows = [ENC.encode_ordinary(t) + ([stop_ids[0]] if stop else []) for t, stop in self.script] * len(prompts)
+        scripts = [self.script if isinstance(self.script, list) else self.script[ENC.decode(p)] for p in prompts]
+        assert all(n == len(sc) for sc in scripts)
+        rows = [ENC.encode_ordinary(t) + ([stop_ids[0]] if stop else []) for sc in scripts for t, stop in sc]
         T = max(len(r) for r in rows)
         tokens = torch.full((len(rows), T), pad_id)
         mask = torch.zeros(len(rows), T, dtype=torch.bool)
         for i, r in enumerate(rows):
             tokens[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), True
-        stopped = torch.tensor([stop for _, stop in self.script] * len(prompts))
+        stopped = torch.tensor([stop for sc in scripts for _, stop in sc])
         return Samples(tokens, torch.where(mask, -1.0, 0.0), mask, stopped)
 
 
@@ -321,32 +322,65 @@ def test_completion_logprobs_equal_the_samplers(sft_policy):
     assert torch.allclose(lp[mask], s.logp[s.mask], atol=1e-5)
 
 
-def test_collect_fills_the_batch_with_informative_groups_only(sft_policy):
-    cfg = make_cfg(rl_batch_groups=4, rl_max_rounds=4)
-    for method in ('rest_grpo', 'grpo'):
-        pool = restrl.StatePool(len(RL_TASKS), 0, 64)
-        batch, sampled, info = restrl.collect(method, sft_policy, ENC, pool, RL_TASKS, cfg,
-                                              torch.Generator().manual_seed(0), np.random.default_rng(0))
-        assert info['tokens'] == sum(len(r) for g in sampled for r in g['ids'])  # every sampled token is counted
-        assert len(sampled) == 4 * info['rounds']
-        if method == 'grpo':
-            assert info['rounds'] == 1 and batch == sampled  # naive GRPO trains on every group, flat ones too
-        else:
-            assert 0 < len(batch) <= 4 and all(g['reward'].std(correction=0) >= 0.05 for g in batch)
-            assert len(batch) == 4 or info['rounds'] == 4  # full, or out of rounds
-            assert info['harvested'] > 0 and all(p.endswith('\n') for _, p in pool.buffer)
+BAD_DOUBLE = '    return xs\n'
+FILTER_SCRIPT = {  # four samples per problem, partial reward (fraction of the two tests passed)
+    RL_TASKS[0]['prompt']: [(TASKS[0][1], True), (BAD_DOUBLE, True), (TASKS[0][1], True), (BAD_DOUBLE, True)],
+    RL_TASKS[1]['prompt']: [(TASKS[1][1], True)] * 4,  # all pass: std 0, dropped
+    RL_TASKS[2]['prompt']: [('    return 0\n', True), ('    return None\n', True), ('    return 0\n', True),
+                            ('    return None\n', True)],  # 0.5 and 0: kept, but its best (0.5) seeds no prefix
+}
+
+
+@pytest.mark.parametrize('method', ['rest_grpo', 'rest_dpo'])
+def test_filter_round_keeps_varied_problems_and_builds_the_official_data_set(method):
+    cfg = make_cfg(rl_reward='partial', rl_filter_tasks=3, rl_filter_samples=4)
+    pool = restrl.StatePool([0, 1, 2], seed=0)
+    info = restrl.filter_round(method, ScriptedPolicy(FILTER_SCRIPT), ENC, pool, RL_TASKS, cfg, None,
+                               np.random.default_rng(0))
+    assert (info['problems'], info['kept']) == (3, 2) and info['items'] == len(pool.queue)
+    assert info['tokens'] == sum(len(ENC.encode_ordinary(t)) + 1 for sc in FILTER_SCRIPT.values() for t, _ in sc)
+    if method == 'rest_dpo':  # the (best, worst) pair of each kept problem's own samples
+        pairs = sorted(pool.queue)
+        assert [i for i, _, _ in pairs] == [0, 2]
+        assert ENC.decode(pairs[0][1]) == TASKS[0][1] + '<|endoftext|>' and ENC.decode(pairs[0][2]).startswith(BAD_DOUBLE)
+        assert ENC.decode(pairs[1][1]).startswith('    return 0\n')
+        return
+    fresh = sorted(i for i, p in pool.queue if p == '')
+    prefixes = [(i, p) for i, p in pool.queue if p]
+    assert fresh == [0, 2]  # the kept problems themselves
+    assert len(prefixes) == 1 and prefixes[0][0] == 0  # ceil(0.5 * 2 lines) of problem 0's best program
+    assert TASKS[0][1].startswith(prefixes[0][1]) and prefixes[0][1].endswith('\n')
+
+
+def test_online_queue_is_trained_in_order_and_filter_runs_only_when_it_runs_short(sft_policy):
+    cfg = make_cfg(rl_batch_groups=2, rl_filter_tasks=3)
+    pool = restrl.StatePool([0, 1, 2], seed=0)
+    pool.queue = [(1, ''), (2, 'x\n'), (0, '')]
+    items, info = restrl.next_items('rest_grpo', sft_policy, ENC, pool, RL_TASKS, cfg, torch.Generator().manual_seed(0),
+                                    np.random.default_rng(0))
+    assert items == [(1, ''), (2, 'x\n')] and info['rounds'] == 0  # enough queued: no filter round
+    items, info = restrl.next_items('rest_grpo', sft_policy, ENC, pool, RL_TASKS, cfg, torch.Generator().manual_seed(0),
+                                    np.random.default_rng(0))
+    assert items[0] == (0, '') and info['rounds'] >= 1 and info['tokens'] > 0  # the leftover first, then a new round
+    items, info = restrl.next_items('grpo', sft_policy, ENC, restrl.StatePool([0, 1, 2], 0), RL_TASKS, cfg, None, None)
+    assert len(items) == 2 and all(p == '' for _, p in items) and info['rounds'] == 0  # fresh problems, unfiltered
 
 
 @pytest.fixture(autouse=True)
 def fake_eval(monkeypatch):
-    """Greedy evaluation is tasks.py's (tested there); here we record which split train_rl evaluates on: the
-    eval tasks (EVAL_TASKS, the dev split) during training, the test tasks (TEST_TASKS) once at the end."""
+    """Evaluation is tasks.py's (tested there); here we record which split train_rl evaluates on, and how: the
+    eval tasks (EVAL_TASKS, the dev split) greedily, the test tasks (TEST_TASKS) greedily and sampled."""
     calls = []
 
-    def evaluate_greedy(model, enc, task_list, device, max_new_tokens, batch_size):
+    def evaluate_greedy(model, enc, task_list, *args, **kwargs):
         calls.append('dev' if task_list[0] in EVAL_TASKS else 'test')
         return {'pass1': 0.25, 'by_difficulty': {1: 0.25}, 'by_band': {'introductory': 0.25}, 'n': len(task_list)}
-    monkeypatch.setattr(restrl.T, 'evaluate_greedy', evaluate_greedy, raising=False)
+
+    def evaluate_sampled(model, enc, task_list, *args, **kwargs):
+        calls.append('dev sampled' if task_list[0] in EVAL_TASKS else 'test sampled')
+        return {'pass1': 0.5, 'by_difficulty': {1: 0.5}, 'by_band': {'introductory': 0.5}, 'n': len(task_list)}
+    monkeypatch.setattr(restrl.T, 'evaluate_greedy', evaluate_greedy)
+    monkeypatch.setattr(restrl.T, 'evaluate_sampled', evaluate_sampled)
     return calls
 
 
@@ -358,48 +392,55 @@ def weights(model):
 def test_one_iteration_of_each_method_changes_the_weights(sft_policy, method, tmp_path, fake_eval):
     policy = copy.deepcopy(sft_policy)
     before = weights(policy)
-    cfg = make_cfg(rl_inner_steps=2 if method == 'grpo' else 1)  # the second step sees rho != 1
     path = str(tmp_path / f'rl_{method}.pt')
-    hist = restrl.train_rl(cfg, policy, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', method, log=lambda s: 0)
-    assert [h['iter'] for h in hist] == [0, 1] and hist[0]['eval_pass1'] == hist[1]['eval_pass1'] == 0.25
-    assert 'test_pass1' not in hist[0] and hist[1]['test_pass1'] == 0.25
-    assert fake_eval == ['dev', 'dev', 'test']  # before training, after the iteration, and the final table's
-    assert sum(hist[1]['effective_groups_by_difficulty'][d][1] for d in hist[1]['effective_groups_by_difficulty']) \
-        == hist[1]['groups_sampled'] - hist[1]['prefix_states_sampled']
+    hist = restrl.train_rl(make_cfg(), policy, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', method,
+                           log=lambda s: 0)
+    assert [h['iter'] for h in hist] == [0, 1] and [h['optimizer_steps'] for h in hist] == [0, 1]
+    assert hist[0]['test_pass1'] == hist[1]['test_pass1'] == 0.25 and hist[1]['test_pass1_sampled'] == 0.5
+    # the start and the end: dev greedily, test greedily and sampled
+    assert fake_eval == ['dev', 'test', 'test sampled'] * 2
     h = hist[1]
-    assert h['groups_trained'] > 0 and h['tokens_sampled'] > 0 and 0 <= h['effective_group_frac'] <= 1
+    assert h['items'] > 0 and h['tokens_sampled'] > 0
+    assert (h['filter_rounds'] > 0) == restrl.METHODS[method]['filtered']
+    if method != 'rest_dpo':
+        assert 0 <= h['effective_group_frac'] <= 1 and h['sampler_logp_err'] < 1e-4
+        assert h['ratio'] == 1.0 and h['clip_frac'] == 0  # one on-policy step: the ratio is exactly 1
+        assert sum(c[1] for c in h['effective_groups_by_difficulty'].values()) == round(h['items'] * (1 - h['prefix_frac']))
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
-    if method == 'rest_grpo':
-        assert h['sampler_logp_err'] < 1e-4 and h['ratio'] == 1.0 and h['clip_frac'] == 0  # one on-policy step
-    if method == 'grpo':
-        assert h['sampler_logp_err'] < 1e-4 and h['ratio'] != 1.0
     assert os.path.exists(path)
 
 
-def test_resumed_run_equals_uninterrupted_run(sft_policy, tmp_path):
-    cfg = make_cfg(rl_iters=2, rl_eval_interval=100)
+def test_second_step_on_a_batch_moves_the_ratio_and_the_clip_acts(sft_policy, tmp_path):
+    cfg = make_cfg(rl_inner_steps=3, rl_lr=3e-2, rl_reward='partial')
+    h = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, None, str(tmp_path / 'g.pt'), 'cpu',
+                        'grpo', log=lambda s: 0)[-1]
+    assert h['optimizer_steps'] == 3 and h['ratio'] != 1.0 and h['clip_frac'] > 0
+
+
+@pytest.mark.parametrize('method', ['rest_grpo', 'rest_dpo'])
+def test_resumed_run_equals_uninterrupted_run(sft_policy, tmp_path, method):
+    cfg = make_cfg(rl_iters=3, rl_eval_interval=100, rl_batch_groups=2)  # the second iteration runs a filter round
     a = copy.deepcopy(sft_policy)
-    hist_a = restrl.train_rl(cfg, a, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, str(tmp_path / 'a.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
+    hist_a = restrl.train_rl(cfg, a, ENC, RL_TASKS, EVAL_TASKS, None, str(tmp_path / 'a.pt'), 'cpu', method,
+                             log=lambda s: 0)
     b = copy.deepcopy(sft_policy)
-    restrl.train_rl(make_cfg(rl_iters=1, rl_eval_interval=100), b, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, str(tmp_path / 'b.pt'),
-                    'cpu', 'rest_grpo', log=lambda s: 0)
+    restrl.train_rl(make_cfg(rl_iters=1, rl_eval_interval=100, rl_batch_groups=2), b, ENC, RL_TASKS, EVAL_TASKS, None,
+                    str(tmp_path / 'b.pt'), 'cpu', method, log=lambda s: 0)
     b = copy.deepcopy(sft_policy)  # a fresh process would start again from the SFT model
-    hist_b = restrl.train_rl(cfg, b, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, str(tmp_path / 'b.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
+    hist_b = restrl.train_rl(cfg, b, ENC, RL_TASKS, EVAL_TASKS, None, str(tmp_path / 'b.pt'), 'cpu', method,
+                             log=lambda s: 0)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
-    keep = ('reward', 'effective_group_frac', 'tokens_sampled', 'groups_trained', 'harvested', 'buffer', 'loss')
+    assert hist_a[-1]['filter_rounds'] >= 2
+    keep = ('reward', 'effective_group_frac', 'tokens_sampled', 'items', 'filter_kept', 'loss', 'optimizer_steps')
     assert [{k: h.get(k) for k in keep} for h in hist_a] == [{k: h.get(k) for k in keep} for h in hist_b]
 
 
-def test_token_budget_stops_the_run_and_its_last_iteration_is_evaluated(sft_policy, tmp_path, fake_eval):
-    cfg = make_cfg(rl_iters=10, rl_eval_interval=100, rl_token_budget=1)  # spent by the first iteration
-    path = str(tmp_path / 'rl.pt')
-    hist = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', 'grpo',
-                           log=lambda s: 0)
-    assert [h['iter'] for h in hist] == [0, 1] and 'eval_pass1' in hist[1] and 'test_pass1' in hist[1]
-    again = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', 'grpo',
-                            log=lambda s: 0)  # a rerun finds the budget spent: nothing sampled, nothing evaluated
-    assert [h['iter'] for h in again] == [0, 1] and fake_eval == ['dev', 'dev', 'test']
+def test_hard_regime_pool_holds_only_hard_problems():
+    hard = [dict(t, difficulty=d) for t, d in zip(RL_TASKS, (3, 7, 8))]
+    assert restrl.rl_task_ids(hard, make_cfg(rl_min_difficulty=7)) == [1, 2]
+    with pytest.raises(ValueError, match="rl_min_difficulty"):
+        restrl.rl_task_ids(hard, make_cfg(rl_min_difficulty=9))
 
 
 def test_shared_prompt_logprobs_and_gradients_equal_full_recompute():

@@ -274,6 +274,23 @@ def test_files_do_not_survive_a_run():
     assert run_batch([(look, ['assert f() == []'])] * 4)[0].reward == 1.0
 
 
+def test_a_changed_tmp_is_not_handed_on(iso):
+    # A worker keeps /tmp between programs when the last one left it as mounted; anything else a
+    # program can change there (mode, an xattr, a file written and deleted while still open by a
+    # child, an empty directory) must send the next program to a fresh tmpfs.
+    if not iso['private_tmp']:
+        pytest.skip('no private tmpfs here: a temp dir per run instead')
+    changes = ['os.chmod("/tmp", 0o777)', 'os.setxattr("/tmp", "user.k", b"v")', 'os.mkdir("/tmp/d")',
+               'open("/tmp/.h", "w").close()']
+    look = ('import os\ndef f():\n    st = os.stat("/tmp")\n'
+            '    return (oct(st.st_mode & 0o777), os.listdir("/tmp"), os.listxattr("/tmp"))\n')
+    jobs = [(look, ['assert f() == ("0o700", [], [])'])]
+    for change in changes:
+        jobs += [(f'import os\ntry:\n    {change}\nexcept OSError:\n    pass\n', []), jobs[0]]
+    results = run_batch(jobs, workers=1)  # one worker: each look runs right after a change
+    assert [r.reward for r in results[::2]] == [1.0] * (len(changes) + 1), [r.error for r in results[::2]]
+
+
 def test_file_written_outside_tmp_does_not_appear(iso):
     if not iso['readonly_root']:
         pytest.skip('no mount namespace here: absolute paths the user can write stay writable (README)')

@@ -127,3 +127,27 @@ def test_sft_tunes_on_dev_and_reports_on_test(tmp_path, monkeypatch):
     monkeypatch.setattr(T, 'evaluate_greedy', evaluate_greedy)
     train.run_sft(_tiny_cfg(str(tmp_path), sft_iters=8), enc, sft, dev, test, log=lambda *a: None)
     assert seen == [{'dev'}, {'dev'}, {'test'}]  # iterations 4 and 8, then the final table
+
+
+def test_sft_micro_batches_give_the_padded_batch_gradient():
+    # Reference: the whole batch padded to its longest row in one pass, mean cross-entropy over its targets.
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 17, 9, 30, 12, 3, 22, 8])
+    x_all = torch.randint(0, 50, (8, 30))
+    y_all = torch.randint(0, 50, (8, 30))
+    for i, L in enumerate(lengths):
+        x_all[i, L:] = 0
+        y_all[i, :2] = -1  # a prompt
+        y_all[i, L:] = -1  # padding
+    model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=2, n_head=2, n_embd=16))
+    ix = torch.tensor([3, 0, 6, 1, 3, 5])  # a repeated row too
+    _, ref = model(x_all[ix], y_all[ix])
+    ref.backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    for k in (1, 3, 6):
+        model.zero_grad()
+        loss, n = train.sft_backward(model, x_all, y_all, lengths, ix, k, 'cpu')
+        assert n == int((y_all[ix] != -1).sum()) and abs(loss - ref.item()) < 1e-5
+        for g, w in zip((p.grad for p in model.parameters()), want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
