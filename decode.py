@@ -202,6 +202,37 @@ def headroom(policy, enc, tasks, n, temperature, max_tokens, gen):
 
 
 # -----------------------------------------------------------------------------
+# how well a scorer ranks a task's own samples (graded afterwards, for the diagnostic only)
+
+
+def within_task_auc(scores, passed):
+    """Over every (passing, failing) pair of samples of the same task, the share where the passing one scores
+    higher (ties count half): the Mann-Whitney statistic pooled over the mixed tasks. scores, passed: per task a
+    list (a score and a bool per sample). None when no task has both a passing and a failing sample."""
+    wins = pairs = 0.0
+    for s, p in zip(scores, passed):
+        s, p = torch.tensor(s, dtype=torch.float64), torch.tensor(p, dtype=torch.bool)
+        diff = s[p][:, None] - s[~p][None, :]  # (passing, failing): score of the passing minus the failing
+        wins += float((diff > 0).sum()) + 0.5 * float((diff == 0).sum())
+        pairs += diff.numel()
+    return wins / pairs if pairs else None
+
+
+def pick_of_k(scores, passed, k):
+    """Best-of-k by a scorer: the mean over tasks of whether the highest-scored of its first k samples
+    passes (ties: the first). With random scores its expectation is random_of_k."""
+    return sum(p[max(range(k), key=lambda i: s[i])] for s, p in zip(scores, passed)) / len(scores)
+
+
+def random_of_k(passed, k):
+    return sum(sum(p[:k]) / k for p in passed) / len(passed)  # a uniformly random pick of the first k
+
+
+def oracle_of_k(passed, k):
+    return sum(any(p[:k]) for p in passed) / len(passed)  # pass@k of these samples: the ceiling of any picker
+
+
+# -----------------------------------------------------------------------------
 # python decode.py [--n 4] [--temperatures 0.1,0.3] [--key=value ...]: how much could a perfect picker gain (dev)?
 
 

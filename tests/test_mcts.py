@@ -491,3 +491,26 @@ def test_headroom_counts_passing_samples_per_task(policy, enc, monkeypatch):
                                                                   for i in range(len(jobs))])
     h = decode.headroom(policy, enc, TASKS, 3, 1.0, 16, torch.Generator(device=DEV).manual_seed(0))
     assert h == dict(pass1=1 / (3 * len(TASKS)), pass_n=1 / len(TASKS))
+
+
+def test_within_task_ranking_metrics_against_brute_force_counts():
+    rng = random.Random(0)
+    scores = [[rng.choice([0.1, 0.2, 0.3, 0.5]) for _ in range(6)] for _ in range(40)]  # ties are common
+    passed = [[rng.random() < q for _ in range(6)] for q in [rng.random() for _ in range(40)]]
+    wins = pairs = 0
+    for s, p in zip(scores, passed):  # every (passing, failing) pair of one task, one by one
+        for i in range(6):
+            for j in range(6):
+                if p[i] and not p[j]:
+                    pairs += 1
+                    wins += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+    assert decode.within_task_auc(scores, passed) == pytest.approx(wins / pairs)
+    assert decode.within_task_auc([[0.9, 0.1]], [[True, False]]) == 1.0  # passing above failing
+    assert decode.within_task_auc([[0.1, 0.9]], [[True, False]]) == 0.0
+    assert decode.within_task_auc([[0.1, 0.9]], [[True, True]]) is None  # no mixed task: undefined
+    # best-of-k on a hand-made pair of tasks: the scorer's pick, a random pick, and any pass among the first k
+    scores, passed = [[0.2, 0.9, 0.5, 0.9], [0.7, 0.1, 0.3, 0.0]], [[True, False, True, True], [False, True, True, False]]
+    assert decode.pick_of_k(scores, passed, 1) == 0.5  # the first sample: pass, fail
+    assert decode.pick_of_k(scores, passed, 4) == 0.0  # 0.9 (index 1, the first of the tie) fails; 0.7 fails
+    assert decode.random_of_k(passed, 4) == (3 / 4 + 2 / 4) / 2 and decode.oracle_of_k(passed, 2) == 1.0
+    assert decode.oracle_of_k([[False, False, True]], 2) == 0.0
