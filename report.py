@@ -51,12 +51,14 @@ def rl_table(train):
                      f"{fmt(r['test_pass1_sampled'], r['test_pass1_sampled_se'])} | "
                      + (f"{sum(eff) / len(eff):.2f}" if eff else '-') +
                      f" | {r['optimizer_steps']:.0f} | {r['tokens_sampled'] / 1e6:.2f}M | {r['wall_total'] / 60:.0f} |")
+    lines.append('\nWall time is indicative: runs made one after another on a shared machine.')
     return '\n'.join(lines)
 
 
 def paired_difference(train, a, b, key='test_pass1'):
-    """(mean, SE) over seeds of method a's final `key` minus method b's, paired by seed (the same seed drew the
-    same starting data for both); None unless both ran the same seeds."""
+    """(mean, SE) over seeds of method a's final `key` minus method b's, paired by seed: a seed fixes the order
+    of the RL problems and the test sampling for both, so pairing removes that noise (both start from the
+    same SFT model whatever the seed). None unless both ran the same seeds."""
     sa, sb = train[a]['seeds'], train[b]['seeds']
     if sorted(sa) != sorted(sb):
         return None

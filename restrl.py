@@ -95,16 +95,16 @@ def keep_groups(rewards, std_threshold=0.05):
     return rewards.std(1, correction=0) >= std_threshold
 
 
-def prefix_states(prompt, solution, rng, frac=0.5, alpha=0.95):
-    """Start states prompt + (first k lines of solution) for a solution of n lines, as the official code draws
-    them: ceil(frac * n) draws with replacement, the k-line prefix with weight alpha**(k-1), k = 1..n (the full
-    program too: from there the policy learns to stop)."""
+def prefix_states(solution, rng, frac=0.5, alpha=0.95):
+    """Partial programs (the first k lines of a solution of n lines) to start from after the task's prompt, as
+    the official code draws them: ceil(frac * n) draws with replacement, the k-line prefix with weight
+    alpha**(k-1), k = 1..n (the full program too: from there the policy learns to stop)."""
     lines = solution.rstrip().split('\n')  # official: completion.rstrip().split('\n')
     n = len(lines)
     k = np.arange(1, n + 1)  # candidate prefix lengths 1..n
     w = alpha ** (k - 1.0)  # weight alpha^(k-1): short prefixes favoured
     picks = rng.choice(k, size=math.ceil(frac * n), replace=True, p=w / w.sum())
-    return [prompt + '\n'.join(lines[:j]) + '\n' for j in picks]  # whole lines, so a state ends in '\n'
+    return ['\n'.join(lines[:j]) + '\n' for j in picks]  # whole lines, so a state ends in '\n'
 
 
 def filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
@@ -112,22 +112,27 @@ def filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
     problems; appends the data set it builds (rest_grpo: (task, partial program) start states; rest_dpo:
     (task, chosen ids, rejected ids) pairs) to the pool's queue in a shuffled order. Returns the round's info."""
     states = [make_state(i, '', rl_tasks, enc) for i in pool.fresh(cfg.rl_filter_tasks)]
-    groups, info = rollout(policy, enc, states, cfg.rl_filter_samples, cfg, generator, cfg.rl_filter_temperature)
+    groups, info = [], dict(tokens=0, t_sample=0.0, t_score=0.0, truncated=0)
+    chunk = max(1, cfg.eval_batch_size // cfg.rl_filter_samples)  # rows per sampler call as in an evaluation
+    for k in range(0, len(states), chunk):
+        g, inf = rollout(policy, enc, states[k:k + chunk], cfg.rl_filter_samples, cfg, generator,
+                         cfg.rl_filter_temperature)
+        groups += g
+        info = {key: v + inf[key] for key, v in info.items()}
     keep = keep_groups(torch.stack([g['reward'] for g in groups]), cfg.rl_std_threshold).tolist()
     items = []
     for g, kept in zip(groups, keep):
         if not kept:
             continue
         i, best, worst = g['state']['task_idx'], int(g['reward'].argmax()), int(g['reward'].argmin())
-        if not METHODS[method]['prefixes']:
+        if METHODS[method]['loss'] == 'dpo':
             items.append((i, g['ids'][best], g['ids'][worst]))  # rewards differ: the std is above the threshold
             continue
         items.append((i, ''))
-        if g['reward'][best] >= cfg.rl_prefix_min_reward:
-            prompt = g['state']['task']['prompt']
-            items += [(i, p) for p in prefix_states('', g['texts'][best], rng, cfg.rl_prefix_lines_frac,
-                                                    cfg.rl_prefix_alpha)  # a long state would cut its batch's rows
-                      if len(enc.encode_ordinary(prompt + p)) + cfg.max_new_tokens <= policy.config.block_size]
+        if METHODS[method]['prefixes'] and g['reward'][best] >= cfg.rl_prefix_min_reward:
+            prompt = g['state']['task']['prompt']  # a state keeps room for one new token at least
+            items += [(i, p) for p in prefix_states(g['texts'][best], rng, cfg.rl_prefix_lines_frac, cfg.rl_prefix_alpha)
+                      if len(enc.encode_ordinary(prompt + p)) < policy.config.block_size]
     pool.queue += [items[j] for j in rng.permutation(len(items))]
     return dict(info, problems=len(groups), kept=sum(keep), items=len(items))
 
@@ -324,16 +329,15 @@ def dpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
 
 
 def next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
-    """The iteration's rl_batch_groups training items, running filter rounds first while the queue holds fewer
-    (at most one epoch of problems' worth: a pool with nothing informative left yields a short batch).
-    Returns (items, info of the filter rounds)."""
+    """The iteration's rl_batch_groups training items. When the queue holds fewer, one filter round first adds
+    the next rl_filter_tasks problems' data set (a round that keeps too little gives a short batch, an empty
+    one no step: a policy that solves nothing or everything has nothing to learn here).
+    Returns (items, info of the filter round)."""
     B, info = cfg.rl_batch_groups, dict(tokens=0, t_sample=0.0, t_score=0.0, rounds=0, problems=0, kept=0, items=0)
     if not METHODS[method]['filtered']:
         return [(i, '') for i in pool.fresh(B)], info
-    while len(pool.queue) < B and info['problems'] < len(pool.task_ids):
-        for k, v in filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng).items():
-            info[k] = info.get(k, 0) + v
-        info['rounds'] += 1
+    if len(pool.queue) < B:
+        info.update(filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng), rounds=1)
     return pool.take(B), info
 
 
@@ -364,7 +368,8 @@ def _effective_by_difficulty(groups):
 
 def iteration_record(it, prev, groups, n_items, sample_info, filter_info, stats, wall, cfg):
     """The history record of iteration `it` (cumulative counts carried on from `prev`)."""
-    rec = dict(iter=it, optimizer_steps=it * cfg.rl_inner_steps, items=n_items,
+    steps = cfg.rl_inner_steps if stats else 0  # no items (nothing informative left): no step taken
+    rec = dict(iter=it, optimizer_steps=prev['optimizer_steps'] + steps, items=n_items,
                tokens_iter=sample_info['tokens'] + filter_info['tokens'],
                tokens_sampled=prev['tokens_sampled'] + sample_info['tokens'] + filter_info['tokens'],
                wall=wall, wall_total=prev['wall_total'] + wall,
@@ -396,6 +401,23 @@ def rl_task_ids(rl_tasks, cfg):
     return ids
 
 
+RESUME_FREE = ('rl_iters', 'rl_eval_interval', 'rl_test_interval', 'rl_micro_batch')  # may change on a resume
+
+
+def refuse_other_run(ckpt, cfg, path):
+    """Stop before resuming a checkpoint that another setting (or an earlier restrl) wrote: its weights and data
+    queue would silently mix into this run."""
+    if 'queue' not in ckpt['pool']:
+        raise SystemExit(f"{path} was written by an earlier restrl (online ReST filter); delete it or use another "
+                         "out_dir")
+    keys = [k for k in vars(cfg) if (k.startswith('rl_') or k == 'seed') and k not in RESUME_FREE]
+    differ = [f"{k}={ckpt['config'].get(k)!r} (this run: {getattr(cfg, k)!r})" for k in keys
+              if ckpt['config'].get(k) != getattr(cfg, k)]
+    if differ:
+        raise SystemExit(f"{path} was trained with {', '.join(differ)}; rerun with those settings, or use another "
+                         "out_dir")
+
+
 def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=print):
     """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
     Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
@@ -407,6 +429,9 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got '{method}'")
     if cfg.rl_reward not in ('binary', 'partial'):
         raise ValueError(f"config key 'rl_reward' must be 'binary' or 'partial'; got '{cfg.rl_reward}'")
+    for key, least in (('rl_eval_interval', 1), ('eval_samples', 1), ('rl_filter_samples', 2), ('rl_group_size', 2)):
+        if getattr(cfg, key) < least:  # a filter or a group of one sample has no reward std to go by
+            raise ValueError(f"config key '{key}' must be at least {least}; got {getattr(cfg, key)}")
     policy.eval()  # no dropout anywhere in RL: it would make pi, pi_old and the sampler disagree by noise
     ref = copy.deepcopy(policy).requires_grad_(False)
     optimizer = policy.configure_optimizers(cfg.rl_weight_decay, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])
@@ -414,6 +439,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     history, it0 = [], 0
     if os.path.exists(path):
         ckpt = torch.load(path, map_location=device, weights_only=False)
+        refuse_other_run(ckpt, cfg, path)
         policy.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         pool.load_state_dict(ckpt['pool'])

@@ -75,7 +75,7 @@ rl_batch_groups = 16     # training items per iteration: start states (G samples
 rl_group_size = 8        # G: completions sampled per state (official 8)
 rl_temperature = 0.7     # sampling temperature (official; log-probs are those of the untempered policy)
 rl_reward = 'partial'    # 'partial' (fraction of tests passed, official) or 'binary' (all tests pass)
-rl_min_difficulty = 1    # the RL problem pool: rl tasks of at least this many steps (the hard regime: 7)
+rl_min_difficulty = 1    # the RL problem pool: rl tasks of at least this many steps (hard regime: 6, binary)
 rl_filter_tasks = 512    # ReST: fresh problems per filter round (a round runs when the data set runs out)
 rl_filter_samples = 5    # ReST: programs sampled per problem in a filter round (official n = 5)
 rl_filter_temperature = 0.7  # ReST: their sampling temperature (official)
@@ -368,11 +368,11 @@ def print_table(results):
     if 'sft' in results:
         print(f"{'SFT greedy pass@1':<34}{results['sft']['test_pass1']:.3f}")
     for m, r in results.get('train', {}).items():
-        eff = r['effective_group_frac']
+        eff = r['effective_group_frac']  # none for ReST-DPO, which samples only in its filter
         print(f"{m + ' greedy pass@1':<34}{report.fmt(r['start_pass1'], r['start_pass1_se'])} -> "
               f"{report.fmt(r['test_pass1'], r['test_pass1_se'])}   (seeds: {len(r['seeds'])}, "
-              f"{r['optimizer_steps']:.0f} optimizer steps; effective groups, mean over {len(eff)} iterations: "
-              f"{sum(eff) / max(1, len(eff)):.2f})")
+              f"{r['optimizer_steps']:.0f} optimizer steps"
+              + (f"; effective groups, mean over {len(eff)} iterations: {sum(eff) / len(eff):.2f})" if eff else ")"))
     for m, per_budget in results.get('decode', {}).items():
         print(f"{'decode ' + m:<34}" + "   ".join(f"{b}: {report.fmt(v['pass1'], v['pass1_se'])}"
                                                  for b, v in per_budget.items()))

@@ -16,7 +16,7 @@ seeds = 3
 method = 'rest_grpo,grpo,rest_dpo'   # the first is the policy the search stages use
 rl_iters = 200
 rl_test_interval = 100
-rl_eval_interval = 1000              # no dev evaluations: the settings were chosen on dev beforehand (sweep_rl.py)
+rl_eval_interval = 1000              # dev only at the start and the end: the settings were chosen on dev (sweep_rl.py)
 # value targets on more tasks than the default run, and decoding at three budgets
 mcts_collect_tasks = 1024
 decode_budgets = '128,256,512'

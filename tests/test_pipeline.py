@@ -30,7 +30,7 @@ def test_smoke_config_runs_every_stage_and_resumes(tmp_path, capsys):
     assert rl['test_pass1'] == sum(finals) / 2 and rl['test_pass1_se'] == abs(finals[0] - finals[1]) / 2
     assert len(rl['effective_group_frac']) == 2 and all(0.0 <= x <= 1.0 for x in rl['effective_group_frac'])
     assert rl['tokens_sampled'] > 0 and all(0.0 <= p <= 1.0 for p in rl['by_difficulty'].values())
-    assert rl['optimizer_steps'] == 2 and rl['start_pass1'] == results['sft']['test_pass1']  # both on all of test
+    assert rl['optimizer_steps'] == 2 and rl['start_pass1'] == results['sft']['test_pass1']  # the same 64 tasks
     for run in rl['seeds'].values():  # the records checks read: steps, tokens, and test pass@1 where evaluated
         assert [h['optimizer_steps'] for h in run['history']] == [0, 1, 2]
         assert [('test_pass1' in h) for h in run['history']] == [True, False, True]

@@ -151,7 +151,6 @@ def test_keep_groups_on_a_hand_made_batch():
     assert restrl.keep_groups(rewards, 0.0).tolist() == [True] * 5  # threshold 0 keeps everything
 
 
-PROMPT = 'def f(xs):\n    """Sort, double, sum."""\n'
 SOLUTION = '    ys = sorted(xs)\n    ys = [y * 2 for y in ys]\n\n    return sum(ys)\n'  # 4 lines, one blank
 
 
@@ -160,20 +159,18 @@ def test_prefix_states_cut_whole_lines_the_full_program_included():
     lines = SOLUTION.split('\n')[:-1]
     seen = set()
     for _ in range(60):
-        states = restrl.prefix_states(PROMPT, SOLUTION, rng, frac=0.5, alpha=0.95)
+        states = restrl.prefix_states(SOLUTION, rng, frac=0.5, alpha=0.95)
         assert len(states) == math.ceil(0.5 * 4)
-        for s in states:
-            assert s.startswith(PROMPT) and s.endswith('\n')  # a valid prompt: prompt + complete lines
-            body = s[len(PROMPT):]
-            assert (PROMPT + SOLUTION).startswith(s) and body
+        for body in states:  # whole lines: prompt + body is a valid prompt
+            assert SOLUTION.startswith(body) and body.endswith('\n') and body
             seen.add(body.count('\n'))
             assert body == '\n'.join(lines[:body.count('\n')]) + '\n'
     assert seen == {1, 2, 3, 4}  # every prefix appears, the full program too (official)
-    assert len(restrl.prefix_states(PROMPT, SOLUTION + '    x = 1\n', rng)) == 3  # ceil(0.5 * 5)
-    assert restrl.prefix_states(PROMPT, '    return xs\n', rng) == [PROMPT + '    return xs\n']  # one line
+    assert len(restrl.prefix_states(SOLUTION + '    x = 1\n', rng)) == 3  # ceil(0.5 * 5)
+    assert restrl.prefix_states('    return xs\n', rng) == ['    return xs\n']  # one line
     # a truncated last line (cut at max_new_tokens) is a line like any other: the program as sampled
-    cut = restrl.prefix_states(PROMPT, '    ys = sorted(xs)\n    return su', np.random.default_rng(0))
-    assert all(c in (PROMPT + '    ys = sorted(xs)\n', PROMPT + '    ys = sorted(xs)\n    return su\n') for c in cut)
+    cut = restrl.prefix_states('    ys = sorted(xs)\n    return su', np.random.default_rng(0))
+    assert all(c in ('    ys = sorted(xs)\n', '    ys = sorted(xs)\n    return su\n') for c in cut)
 
 
 def test_prefix_weights_favour_short_prefixes():
@@ -182,7 +179,7 @@ def test_prefix_weights_favour_short_prefixes():
     for alpha in (0.95, 0.5):
         counts = Counter()
         for _ in range(4000):
-            counts.update(s.count('\n') - 2 for s in restrl.prefix_states(PROMPT, solution, rng, 0.5, alpha))
+            counts.update(s.count('\n') for s in restrl.prefix_states(solution, rng, 0.5, alpha))
         n = sum(counts.values())
         w = np.array([alpha ** (k - 1) for k in range(1, 11)])
         p = w / w.sum()
@@ -352,6 +349,20 @@ def test_filter_round_keeps_varied_problems_and_builds_the_official_data_set(met
     assert TASKS[0][1].startswith(prefixes[0][1]) and prefixes[0][1].endswith('\n')
 
 
+def test_filter_keeps_every_prefix_state_with_room_for_a_token():
+    first_line = TASKS[0][1].split('\n')[0] + '\n'
+    room_for_one = len(ENC.encode_ordinary(RL_TASKS[0]['prompt'] + first_line)) + 1
+    policy = ScriptedPolicy(FILTER_SCRIPT)
+    policy.config = SimpleNamespace(block_size=room_for_one)  # the 1-line prefix fits, the full program does not
+    cfg = make_cfg(rl_reward='partial', rl_filter_tasks=3, rl_filter_samples=4)
+    found = []
+    for seed in range(10):
+        pool = restrl.StatePool([0, 1, 2], seed=0)
+        restrl.filter_round('rest_grpo', policy, ENC, pool, RL_TASKS, cfg, None, np.random.default_rng(seed))
+        found += [p for _, p in pool.queue if p]
+    assert found and set(found) == {first_line}
+
+
 def test_online_queue_is_trained_in_order_and_filter_runs_only_when_it_runs_short(sft_policy):
     cfg = make_cfg(rl_batch_groups=2, rl_filter_tasks=3)
     pool = restrl.StatePool([0, 1, 2], seed=0)
@@ -361,7 +372,7 @@ def test_online_queue_is_trained_in_order_and_filter_runs_only_when_it_runs_shor
     assert items == [(1, ''), (2, 'x\n')] and info['rounds'] == 0  # enough queued: no filter round
     items, info = restrl.next_items('rest_grpo', sft_policy, ENC, pool, RL_TASKS, cfg, torch.Generator().manual_seed(0),
                                     np.random.default_rng(0))
-    assert items[0] == (0, '') and info['rounds'] >= 1 and info['tokens'] > 0  # the leftover first, then a new round
+    assert items[0] == (0, '') and info['rounds'] == 1 and info['tokens'] > 0  # the leftover first, then a new round
     items, info = restrl.next_items('grpo', sft_policy, ENC, restrl.StatePool([0, 1, 2], 0), RL_TASKS, cfg, None, None)
     assert len(items) == 2 and all(p == '' for _, p in items) and info['rounds'] == 0  # fresh problems, unfiltered
 
@@ -434,6 +445,27 @@ def test_resumed_run_equals_uninterrupted_run(sft_policy, tmp_path, method):
     assert hist_a[-1]['filter_rounds'] >= 2
     keep = ('reward', 'effective_group_frac', 'tokens_sampled', 'items', 'filter_kept', 'loss', 'optimizer_steps')
     assert [{k: h.get(k) for k in keep} for h in hist_a] == [{k: h.get(k) for k in keep} for h in hist_b]
+
+
+def test_resume_refuses_another_setting_or_an_older_checkpoint(sft_policy, tmp_path):
+    path = str(tmp_path / 'rl.pt')
+    restrl.train_rl(make_cfg(), copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, None, path, 'cpu', 'grpo',
+                    log=lambda s: 0)
+    with pytest.raises(SystemExit, match=r"rl_lr=0\.001 \(this run: 0\.0003\)"):
+        restrl.train_rl(make_cfg(rl_lr=3e-4, rl_iters=2), copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, None,
+                        path, 'cpu', 'grpo', log=lambda s: 0)
+    hist = restrl.train_rl(make_cfg(rl_iters=2, rl_eval_interval=5), copy.deepcopy(sft_policy), ENC, RL_TASKS,
+                           EVAL_TASKS, None, path, 'cpu', 'grpo', log=lambda s: 0)  # more iterations: allowed
+    assert [h['optimizer_steps'] for h in hist] == [0, 1, 2]
+    ckpt = torch.load(path, weights_only=False)
+    ckpt['pool'] = dict(epoch=0, cursor=3, buffer=[])  # what the online filter's runs saved
+    torch.save(ckpt, path)
+    with pytest.raises(SystemExit, match='earlier restrl'):
+        restrl.train_rl(make_cfg(rl_iters=3), copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, None, path, 'cpu',
+                        'grpo', log=lambda s: 0)
+    with pytest.raises(ValueError, match="'rl_filter_samples' must be at least 2"):
+        restrl.train_rl(make_cfg(rl_filter_samples=1), sft_policy, ENC, RL_TASKS, EVAL_TASKS, None,
+                        str(tmp_path / 'x.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
 
 
 def test_hard_regime_pool_holds_only_hard_problems():
