@@ -107,12 +107,15 @@ def prefix_states(solution, rng, frac=0.5, alpha=0.95):
     return ['\n'.join(lines[:j]) + '\n' for j in picks]  # whole lines, so a state ends in '\n'
 
 
+NO_SAMPLES = dict(tokens=0, t_sample=0.0, t_score=0.0, truncated=0)  # a rollout's info when nothing was sampled
+
+
 def filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
     """One offline ReST filtering pass (official: experiment/process_gen_data.py) over rl_filter_tasks fresh
     problems; appends the data set it builds (rest_grpo: (task, partial program) start states; rest_dpo:
     (task, chosen ids, rejected ids) pairs) to the pool's queue in a shuffled order. Returns the round's info."""
     states = [make_state(i, '', rl_tasks, enc) for i in pool.fresh(cfg.rl_filter_tasks)]
-    groups, info = [], dict(tokens=0, t_sample=0.0, t_score=0.0, truncated=0)
+    groups, info = [], dict(NO_SAMPLES)
     chunk = max(1, cfg.eval_batch_size // cfg.rl_filter_samples)  # rows per sampler call as in an evaluation
     for k in range(0, len(states), chunk):
         g, inf = rollout(policy, enc, states[k:k + chunk], cfg.rl_filter_samples, cfg, generator,
@@ -347,7 +350,7 @@ def train_step(method, policy, ref, optimizer, items, enc, rl_tasks, cfg, genera
     if METHODS[method]['loss'] == 'dpo':  # a pair is a two-row group whose first row won
         pairs = [dict(state=make_state(i, '', rl_tasks, enc), ids=[c, r], reward=torch.tensor([1.0, 0.0]))
                  for i, c, r in items]
-        return [], dict(tokens=0, t_sample=0.0, t_score=0.0, truncated=0), dpo_update(policy, ref, optimizer, pairs,
+        return [], dict(NO_SAMPLES), dpo_update(policy, ref, optimizer, pairs,
                                                                                       cfg, pad, ctx)
     states = [make_state(i, p, rl_tasks, enc) for i, p in items]
     with ctx:
@@ -477,7 +480,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         rng = np.random.default_rng([cfg.seed, it])
         with ctx:
             items, filter_info = next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng)
-        groups, sample_info, stats = [], dict(tokens=0, t_sample=0.0, t_score=0.0, truncated=0), {}
+        groups, sample_info, stats = [], dict(NO_SAMPLES), {}
         if items:  # empty only when no problem in the pool is informative any more
             groups, sample_info, stats = train_step(method, policy, ref, optimizer, items, enc, rl_tasks, cfg,
                                                     generator, ctx)
