@@ -350,8 +350,7 @@ def train_step(method, policy, ref, optimizer, items, enc, rl_tasks, cfg, genera
     if METHODS[method]['loss'] == 'dpo':  # a pair is a two-row group whose first row won
         pairs = [dict(state=make_state(i, '', rl_tasks, enc), ids=[c, r], reward=torch.tensor([1.0, 0.0]))
                  for i, c, r in items]
-        return [], dict(NO_SAMPLES), dpo_update(policy, ref, optimizer, pairs,
-                                                                                      cfg, pad, ctx)
+        return [], dict(NO_SAMPLES), dpo_update(policy, ref, optimizer, pairs, cfg, pad, ctx)
     states = [make_state(i, p, rl_tasks, enc) for i, p in items]
     with ctx:
         groups, info = rollout(policy, enc, states, cfg.rl_group_size, cfg, generator, cfg.rl_temperature)
