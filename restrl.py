@@ -17,6 +17,7 @@ Every sampled token counts in tokens_sampled, the filter rounds' too.
 """
 
 import copy
+import hashlib
 import math
 import os
 import time
@@ -406,6 +407,18 @@ def rl_task_ids(rl_tasks, cfg):
 RESUME_FREE = ('rl_iters', 'rl_eval_interval', 'rl_test_interval', 'rl_micro_batch')  # may change on a resume
 
 
+def start_eval_path(policy, cfg, with_test, path):
+    """Where the starting policy's evaluation is kept, beside the run's checkpoint: the name hashes the weights and
+    every setting the evaluation reads, so a file is reused only for the very same evaluation."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(policy.state_dict().items()):
+        h.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+    keys = ('seed', 'eval_split', 'eval_tasks', 'final_eval_tasks', 'max_new_tokens', 'eval_temperature',
+            'eval_samples', 'data_dir')
+    h.update(repr([getattr(cfg, k, None) for k in keys] + [with_test]).encode())
+    return os.path.join(os.path.dirname(path) or '.', f'rl_start_{h.hexdigest()[:16]}.pt')
+
+
 def refuse_other_run(ckpt, cfg, path):
     """Stop before resuming a checkpoint that another setting (or an earlier restrl) wrote: its weights and data
     queue would silently mix into this run."""
@@ -467,10 +480,16 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
                              model_args=asdict(policy.config), pool=pool.state_dict(), history=history,
                              config=vars(cfg)), path)
 
-    if not history:  # iteration 0: the starting policy
-        history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
-        said = evaluate(history[0], 'eval') + (evaluate(history[0], 'test') if test_tasks is not None else '')
-        log(f"rl {method}: start{said}")
+    if not history:  # iteration 0: the starting policy, evaluated once per (weights, seed, evaluation settings)
+        cache = start_eval_path(policy, cfg, test_tasks is not None, path)
+        if os.path.exists(cache):  # every method of a seed starts from the same model: its start is the same
+            history.append(torch.load(cache, weights_only=False))
+            log(f"rl {method}: start evaluation reused from {cache}")
+        else:
+            history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
+            said = evaluate(history[0], 'eval') + (evaluate(history[0], 'test') if test_tasks is not None else '')
+            save_checkpoint(history[0], cache)
+            log(f"rl {method}: start{said}")
     ctx = _autocast(cfg)
     bar = tqdm(total=cfg.rl_iters, initial=it0, desc=f'rl {method}', dynamic_ncols=True)
     for it in range(it0 + 1, cfg.rl_iters + 1):

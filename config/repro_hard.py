@@ -8,3 +8,4 @@ out_dir = 'out-repro-hard'
 method = 'rest_grpo,grpo'
 rl_reward = 'binary'
 rl_min_difficulty = 6
+rl_test_interval = 0  # test at the start and the end only (results per difficulty): the curves are repro.py's

@@ -421,6 +421,28 @@ def test_one_iteration_of_each_method_changes_the_weights(sft_policy, method, tm
     assert os.path.exists(path)
 
 
+def test_start_evaluation_is_reused_only_for_the_same_weights_seed_and_settings(sft_policy, tmp_path, fake_eval):
+    def run(method, policy=sft_policy, **over):  # each run its own checkpoint, all in one directory
+        path = str(tmp_path / f'rl_{method}_{len(list(tmp_path.iterdir()))}.pt')
+        return restrl.train_rl(make_cfg(**over), copy.deepcopy(policy), ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path,
+                               'cpu', method, log=lambda s: 0)
+    first = run('grpo')
+    assert fake_eval == ['dev', 'test', 'test sampled'] * 2
+    fake_eval.clear()
+    second = run('rest_grpo')  # another method from the same model and seed: only the end is evaluated
+    assert fake_eval == ['dev', 'test', 'test sampled'] and second[0] == first[0]
+    for change in (dict(seed=7), dict(eval_samples=3)):
+        fake_eval.clear()
+        run('grpo', **change)
+        assert fake_eval == ['dev', 'test', 'test sampled'] * 2, change
+    other = copy.deepcopy(sft_policy)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    fake_eval.clear()
+    run('grpo', policy=other)
+    assert fake_eval == ['dev', 'test', 'test sampled'] * 2
+
+
 def test_second_step_on_a_batch_moves_the_ratio_and_the_clip_acts(sft_policy, tmp_path):
     cfg = make_cfg(rl_inner_steps=3, rl_lr=3e-2, rl_reward='partial')
     h = restrl.train_rl(cfg, copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, None, str(tmp_path / 'g.pt'), 'cpu',
