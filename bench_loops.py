@@ -52,8 +52,8 @@ def measure(args, config):
     policy, _ = train.load_policy(args.init, 'cpu')
     cfg.mcts_collect_tasks = cfg.mcts_batch_tasks = 32
     t0 = time.time()
-    pairs = mcts.collect_value_targets(cfg, policy, enc, rl_tasks, args.tmp, 'cpu', log=quiet)
-    out['mcts_collect'] = dict(search_s=time.time() - t0, pairs=len(pairs))
+    records = mcts.collect_value_targets(cfg, policy, enc, rl_tasks, args.tmp, 'cpu', log=quiet)
+    out['mcts_collect'] = dict(search_s=time.time() - t0, programs=len(records))
     print(json.dumps(out))
 
 

@@ -1,12 +1,18 @@
 """
-Decoding at equal budgets (ReST-RL's second claim): VM-MCTS against greedy, best-of-N by an ORM,
-PRM-style best-of-N (VM step scores, min or last) and ORM-MCTS.
+Decoding at equal budgets (ReST-RL's second claim): VM-MCTS against one sample, greedy and rerankers.
 
-Budget = generated tokens per task (policy samples of every kind; the VM/ORM forward passes are not
-counted). It is a cap that is never exceeded: a policy call is made only if its worst case fits (every
-row at its max length), and what a call leaves unused is spent by the next. The tokens actually used
-are reported next to each result. Greedy decoding has no budget: one sample per task.
-No method runs a test to choose its answer; only the chosen program is graded (grade()).
+Budget = N complete samples per task (the paper's axis: 1 to 100 at temperature 0.7); the tokens they took
+are reported beside. The methods at each N:
+  one_sample      the first sample: what the policy gives at decode_temperature
+  likelihood_bon  best-of-N by the policy's own mean token log-prob (free: the sampler computes it)
+  orm_bon         best-of-N by the ORM
+  vm_bon          best-of-N by the VM's value of the complete program (PRM-style 'last')
+  prm_min         best-of-N by the VM's least value over the program's line ends (PRM-style 'min')
+  orm_mcts        the search (mcts.py), the ORM scoring complete samples only (the official ORM-MCTS)
+  vm_mcts         the search, the VM scoring the samples and the children's states (the paper's method)
+greedy (one program at temperature 0) is a reference line. The best-of-N methods share one pool of max(N)
+samples per task and seed and take its first N, as the paper's curves do; each search runs once per N.
+No method runs a test to choose: picks read scores only, and programs are graded afterwards.
 """
 import os
 import sys
@@ -17,106 +23,40 @@ import torch
 
 import sandbox
 import tasks as T
+import value
+from mcts import Tree, best_sample, policy_expander, run_search, sample_groups
 from report import mean_se
-from mcts import (Tree, best_program, policy_expander, run_search, sample_groups, search_params,
-                  value_at_positions, value_scorer)
 
-METHODS = ('greedy', 'bon_orm', 'prm', 'prm_last', 'orm_mcts', 'vm_mcts')  # prm: min over steps
-
-
-def sample_programs(policy, enc, tasks, budget, max_tokens, temperature, stats, gen):
-    """Best-of-N draws under a budget: per task as many samples as fit at max_tokens each, then again
-    with what is left. Returns per task [(solution, complete)] and the tokens it used."""
-    eot, pad = enc.eot_token, T.pad_id(enc)
-    prompts = [enc.encode_ordinary(t['prompt']) for t in tasks]
-    programs, used = [[] for _ in tasks], [0] * len(tasks)
-    while any(ns := [(budget - u) // max_tokens for u in used]):
-        rows = sample_groups(policy, prompts, ns, max_tokens, stats, temperature=temperature, stop_ids=(eot,),
-                             pad_id=pad, generator=gen)
-        if not any(rows):  # no room left in the context
-            break
-        for i, r in enumerate(rows):
-            for ids, _, stopped in r:
-                used[i] += len(ids)
-                programs[i].append((T.completion_text(enc, ids), stopped))
-    return programs, used
+BEST_OF_N = ('one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min')
+SEARCHES = ('orm_mcts', 'vm_mcts')
+METHODS = ('greedy',) + BEST_OF_N + SEARCHES
+SCORERS = ('likelihood', 'orm', 'vm', 'prm_min')  # what the rankers read; one_sample reads nothing
 
 
 @torch.no_grad()
-def step_scores(vm, enc, tasks, programs):
-    """PRM-style: the VM's value at the end of every line of a program (and at its last token);
-    returns per program (min over those, last)."""
+def line_min_scores(vm, enc, tasks, pool):
+    """PRM-style: per sample the VM's least value over its line ends and its last token (per task a list)."""
     newline, block = enc.encode_single_token('\n'), vm.gpt.config.block_size
+    flat = [(t, d) for t, draws in zip(tasks, pool) for d in draws]
     seqs, starts = [], []
-    for task, (sol, complete) in zip(tasks, programs):
-        p, s = enc.encode_ordinary(task['prompt']), enc.encode_ordinary(sol) + ([enc.eot_token] if complete else [])
+    for t, d in flat:
+        p = enc.encode_ordinary(t['prompt'])
+        s = enc.encode_ordinary(d.text) + ([enc.eot_token] if d.complete else [])
         seqs.append((p + s)[-block:])
         starts.append(max(len(p) - max(len(p) + len(s) - block, 0), 0))  # where the solution starts after cropping
-    vals, idx, lengths = value_at_positions(vm.eval(), seqs, T.pad_id(enc))
+    vals, idx, lengths = value.values_at_positions(vm.eval(), seqs, T.pad_id(enc))
     pos = torch.arange(idx.size(1), device=idx.device)[None, :]  # (1, T)
-    start = torch.tensor(starts, device=idx.device)[:, None]
     last = pos == lengths[:, None] - 1
-    step_end = ((idx == newline) & (pos >= start) & (pos < lengths[:, None])) | last  # (N, T)
-    v_min = vals.masked_fill(~step_end, float('inf')).min(1).values  # min over steps of V(prefix)
-    v_last = vals[last]  # V(whole program)
-    return list(zip(v_min.tolist(), v_last.tolist()))
+    step_end = ((idx == newline) & (pos >= torch.tensor(starts, device=idx.device)[:, None])
+                & (pos < lengths[:, None])) | last  # (N, T)
+    mins = iter(vals.masked_fill(~step_end, float('inf')).min(1).values.tolist())  # min over steps of V(prefix)
+    return [[next(mins) for _ in draws] for draws in pool]
 
 
-def pick(programs, scores):
-    """The highest-scored complete program (a cut one only if none is complete; first on ties)."""
-    if not programs:
-        return ''
-    return max(zip(programs, scores), key=lambda ps: (ps[0][1], ps[1]))[0][0]
-
-
-def mcts_answers(cfg, policy, model, enc, tasks, budget, stats, gen):
-    """The search with `model` (VM or ORM) scoring the leaves; the answer is the complete program it scored
-    highest. A search that found none finishes greedily from its best-valued node with its reserve."""
-    expand = policy_expander(policy, enc, cfg.mcts_line_tokens, cfg.decode_temperature, stats, gen)
-    trees = run_search([Tree(t, budget) for t in tasks], expand, value_scorer(model, enc),
-                       iterations=cfg.decode_max_iters, reserve=cfg.decode_reserve, **search_params(cfg, decode=True))
-    answers, todo = [best_program(t) for t in trees], []
-    for i, tree in enumerate(trees):
-        if answers[i] is None:
-            node = tree.root
-            while node.children:
-                node = max(node.children, key=lambda ch: ch.value())
-            todo.append((i, node.text))
-    eot, pad = enc.eot_token, T.pad_id(enc)
-    rows = sample_groups(policy, [enc.encode_ordinary(tasks[i]['prompt'] + text) for i, text in todo],
-                         [1] * len(todo), [trees[i].budget - trees[i].tokens for i, _ in todo], stats,
-                         temperature=0.0, stop_ids=(eot,), pad_id=pad)
-    for (i, text), r in zip(todo, rows):
-        ids = r[0][0] if r else []
-        trees[i].tokens += len(ids)
-        answers[i] = text + T.completion_text(enc, ids)
-    return answers, [t.tokens for t in trees]
-
-
-def answers_for_chunk(cfg, policy, vm, orm, enc, tasks, budget, gen):
-    """Every budgeted method's answers on a chunk of tasks: {method: (answers, tokens per task, seconds)}."""
-    out, stats = {}, {}
-    t0 = time.time()
-    programs, used = sample_programs(policy, enc, tasks, budget, cfg.max_new_tokens, cfg.decode_temperature, stats, gen)
-    t_sample = time.time() - t0
-    flat = [(t, p) for t, ps in zip(tasks, programs) for p in ps]
-    t0 = time.time()
-    orm_scores = [v for v, _, _ in value_scorer(orm, enc)([(t, s, c) for t, (s, c) in flat])] if flat else []
-    t_orm = time.time() - t0
-    t0 = time.time()
-    prm = step_scores(vm, enc, [t for t, _ in flat], [p for _, p in flat]) if flat else []
-    t_prm = time.time() - t0
-    for name, scores, secs in (('bon_orm', orm_scores, t_orm), ('prm', [m for m, _ in prm], t_prm),
-                               ('prm_last', [l for _, l in prm], t_prm)):
-        it, answers = iter(scores), []
-        for ps in programs:
-            answers.append(pick(ps, [next(it) for _ in ps]))
-        out[name] = (answers, used, t_sample + secs)
-    for name, model in (('orm_mcts', orm), ('vm_mcts', vm)):
-        t0 = time.time()
-        answers, tokens = mcts_answers(cfg, policy, model, enc, tasks, budget, stats, gen)
-        out[name] = (answers, tokens, time.time() - t0)
-    return out
+def pick(draws, scores, n):
+    """Index of the chosen one of the first n draws: the highest-scored complete program (a cut one only if
+    none is complete; the first on ties). Reads no test result."""
+    return max(range(min(n, len(draws))), key=lambda i: (draws[i].complete, scores[i]))
 
 
 def greedy_answers(cfg, policy, enc, tasks):
@@ -128,123 +68,121 @@ def greedy_answers(cfg, policy, enc, tasks):
 
 
 def grade(tasks, answers):
-    """The only place tests run: each chosen program once. pass = every hidden test passes."""
-    results = sandbox.run_batch([(t['prompt'] + a, t['tests']) for t, a in zip(tasks, answers)])
-    return [float(r.reward == 1.0) for r in results]
+    """Each chosen program once: pass = every hidden test passes."""
+    return [float(T.solved(r)) for r in sandbox.run_batch([(t['prompt'] + a, t['tests'])
+                                                           for t, a in zip(tasks, answers)])]
+
+
+def search_answers(cfg, policy, model, enc, tasks, n, gen, value_states):
+    """The search with `model` (VM or ORM) scoring, n samples per task: (answers, samples, tokens per task)."""
+    expand = policy_expander(policy, enc, cfg.max_new_tokens, cfg.decode_temperature, {}, gen)
+    trees = []
+    for i in range(0, len(tasks), cfg.mcts_batch_tasks):
+        trees += run_search([Tree(t, n) for t in tasks[i:i + cfg.mcts_batch_tasks]], expand,
+                            value.value_scorer(model, enc), num_sample=cfg.mcts_num_sample,
+                            num_decision=cfg.mcts_num_decision, c=cfg.mcts_c_decode, eps=cfg.mcts_eps,
+                            value_states=value_states)
+    return ([best_sample(t).text if t.samples else '' for t in trees], [len(t.samples) for t in trees],
+            [t.tokens for t in trees])
+
+
+def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
+    """One seed: the shared pool and its rankers, then the searches at every N. Returns the pool's ranking
+    figures {scorer: {within_task_auc, pearson, pick_of_k}} with random and oracle picks beside."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    t0 = time.time()
+    pool = value.sample_pool(policy, enc, tasks, max(ns), cfg.max_new_tokens, cfg.decode_temperature, gen,
+                             cfg.mcts_batch_tasks)
+    t_pool = time.time() - t0
+    scores = dict(likelihood=[[d.logp for d in draws] for draws in pool],
+                  orm=value.program_scores(orm, enc, tasks, pool), vm=value.program_scores(vm, enc, tasks, pool),
+                  prm_min=line_min_scores(vm, enc, tasks, pool))
+    first = [[0.0] * len(draws) for draws in pool]  # one_sample: all scores equal, so the first is picked
+    for n in ns:
+        for method, s in zip(BEST_OF_N, [first] + [scores[k] for k in SCORERS]):
+            k = 1 if method == 'one_sample' else n  # one sample spends one, whatever the budget
+            picks = [pick(draws, sc, k) for draws, sc in zip(pool, s)]
+            record(method, n, seed, [draws[i].text for draws, i in zip(pool, picks)],
+                   [min(k, len(d)) for d in pool], [sum(x.tokens for x in d[:k]) for d in pool], t_pool * k / max(ns))
+    passed = value.grade_pool(tasks, pool)  # for the ranking figures, after every pick was made
+    k_all = [k for k in (1, 4, 16, 32) if k <= max(ns)]
+    figures = {name: value.ranking(s, passed, k_all) for name, s in scores.items()}
+    figures['random'] = {f'pick_of_{k}': value.random_of_k(passed, k) for k in k_all}
+    figures['oracle'] = {f'pick_of_{k}': value.oracle_of_k(passed, k) for k in k_all}
+    for n in ns:
+        for method, model in zip(SEARCHES, (orm, vm)):
+            t0 = time.time()
+            answers, samples, tokens = search_answers(cfg, policy, model, enc, tasks, n, gen, method == 'vm_mcts')
+            record(method, n, seed, answers, samples, tokens, time.time() - t0)
+    return figures
 
 
 def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
-    """pass@1 of every method at every budget (decode_budgets, tokens per task) and seed (seeds: seed, seed+1, ...)
-    on decode_tasks test tasks spread over the split.
-    Returns {'unit', 'rows': one per (method, budget, seed), 'summary': see summarise}."""
+    """pass@1 of every method at every N (decode_samples) and seed (seed, seed+1, ...) on decode_tasks test tasks
+    spread over the split. Returns {'unit', 'rows': one per (method, N, seed), 'summary': see summarise,
+    'ranking': the rankers' figures on the pools, averaged over seeds}."""
     tasks = T.spread(test_tasks, cfg.decode_tasks)
-    budgets = [int(b) for b in str(cfg.decode_budgets).split(',')]
-    B, rows = cfg.mcts_batch_tasks, []
+    ns = [int(n) for n in str(cfg.decode_samples).split(',')]
+    rows = []
     policy.eval(), vm.eval(), orm.eval()
 
-    def record(method, budget, seed, answers, tokens, secs):
-        passed, secs = grade(tasks, answers), max(secs, 1e-9)
+    def record(method, n, seed, answers, samples, tokens, secs):
+        passed = grade(tasks, answers)
         by_diff = {d: sum(p for p, t in zip(passed, tasks) if t['difficulty'] == d) /
                    sum(t['difficulty'] == d for t in tasks) for d in sorted({t['difficulty'] for t in tasks})}
-        r = dict(method=method, budget=budget, seed=seed, pass1=sum(passed) / len(tasks), by_difficulty=by_diff,
-                 tokens=sum(tokens) / len(tasks), seconds=secs, tokens_per_s=sum(tokens) / secs,
-                 searches_per_min=len(tasks) / secs * 60)
+        r = dict(method=method, n=n, seed=seed, pass1=sum(passed) / len(tasks), by_difficulty=by_diff,
+                 samples=sum(samples) / len(tasks), tokens=sum(tokens) / len(tasks), seconds=secs)
         rows.append(r)
-        log(f"decode {method:8s} budget {budget}: pass@1 {r['pass1']:.3f}, {r['tokens']:.0f} tokens/task, "
-            f"{r['tokens_per_s']:.0f} tok/s, {r['searches_per_min']:.0f} tasks/min")
+        log(f"decode {method:14s} N={n:2d} seed {seed}: pass@1 {r['pass1']:.3f}, {r['samples']:.1f} samples and "
+            f"{r['tokens']:.0f} tokens a task, {secs:.0f}s")
 
     t0 = time.time()
     answers, tokens = [], []
-    for i in range(0, len(tasks), B):
-        a, n = greedy_answers(cfg, policy, enc, tasks[i:i + B])
+    for i in range(0, len(tasks), cfg.mcts_batch_tasks):
+        a, n = greedy_answers(cfg, policy, enc, tasks[i:i + cfg.mcts_batch_tasks])
         answers, tokens = answers + a, tokens + n
-    record('greedy', 0, 0, answers, tokens, time.time() - t0)
-    for budget in budgets:
-        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + budget)
-            acc = {m: ([], [], 0.0) for m in METHODS[1:]}
-            for i in range(0, len(tasks), B):
-                for m, (a, n, s) in answers_for_chunk(cfg, policy, vm, orm, enc, tasks[i:i + B], budget, gen).items():
-                    acc[m] = (acc[m][0] + a, acc[m][1] + n, acc[m][2] + s)
-            for m, (a, n, s) in acc.items():
-                record(m, budget, seed, a, n, s)
-    return dict(unit='generated tokens per task (cap; "tokens" = mean used)', rows=rows, summary=summarise(rows))
+    record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
+    figures = [seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)
+               for seed in range(cfg.seed, cfg.seed + cfg.seeds)]
+    ranking = {name: {k: mean_of([f[name][k] for f in figures]) for k in figures[0][name]} for name in figures[0]}
+    return dict(unit='complete samples per task (N); "tokens" = mean generated', rows=rows,
+                summary=summarise(rows), ranking=ranking)
+
+
+def mean_of(values):
+    """The mean over seeds of a figure that may be undefined (None: no task with both a pass and a fail)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def summarise(rows):
-    """{method: {budget: {pass1, pass1_se (standard error over seeds), tokens, seeds, by_difficulty}}}."""
+    """{method: {N: {pass1, pass1_se (standard error over seeds), samples, tokens, seeds, by_difficulty}}}."""
     out = {}
     for r in rows:
-        out.setdefault(r['method'], {}).setdefault(r['budget'], []).append(r)
-    for m, per_budget in out.items():
-        for b, rs in per_budget.items():
+        out.setdefault(r['method'], {}).setdefault(r['n'], []).append(r)
+    for m, per_n in out.items():
+        for n, rs in per_n.items():
             pass1, se = mean_se([r['pass1'] for r in rs])
-            per_budget[b] = dict(pass1=pass1, pass1_se=se,
-                                 tokens=sum(r['tokens'] for r in rs) / len(rs), seeds=len(rs),
-                                 by_difficulty={d: sum(r['by_difficulty'][d] for r in rs) / len(rs)
-                                                for d in rs[0]['by_difficulty']})
+            per_n[n] = dict(pass1=pass1, pass1_se=se, samples=sum(r['samples'] for r in rs) / len(rs),
+                            tokens=sum(r['tokens'] for r in rs) / len(rs), seeds=len(rs),
+                            by_difficulty={d: sum(r['by_difficulty'][d] for r in rs) / len(rs)
+                                           for d in rs[0]['by_difficulty']})
     return out
 
 
-def headroom(policy, enc, tasks, n, temperature, max_tokens, gen):
-    """A diagnostic, not a method (it runs the hidden tests on every candidate): the share of samples that
-    pass (pass@1) and of tasks where at least one of n samples passes (pass@n), the ceiling of any picker."""
-    programs = []
-    for i in range(0, len(tasks), 32):
-        chunk = tasks[i:i + 32]
-        prompts = [enc.encode_ordinary(t['prompt']) for t in chunk]
-        rows = sample_groups(policy, prompts, [n] * len(chunk), max_tokens, {}, temperature=temperature,
-                             stop_ids=(enc.eot_token,), pad_id=T.pad_id(enc), generator=gen)
-        programs += [[T.completion_text(enc, ids) for ids, _, _ in r] for r in rows]
-    results = iter(sandbox.run_batch([(t['prompt'] + p, t['tests']) for t, ps in zip(tasks, programs) for p in ps]))
-    passed = [[next(results).reward == 1.0 for _ in ps] for ps in programs]
-    return dict(pass1=sum(map(sum, passed)) / sum(map(len, passed)), pass_n=sum(map(any, passed)) / len(tasks))
-
-
 # -----------------------------------------------------------------------------
-# how well a scorer ranks a task's own samples (graded afterwards, for the diagnostic only)
-
-
-def within_task_auc(scores, passed):
-    """Over every (passing, failing) pair of samples of the same task, the share where the passing one scores
-    higher (ties count half): the Mann-Whitney statistic pooled over the mixed tasks. scores, passed: per task a
-    list (a score and a bool per sample). None when no task has both a passing and a failing sample."""
-    wins = pairs = 0.0
-    for s, p in zip(scores, passed):
-        s, p = torch.tensor(s, dtype=torch.float64), torch.tensor(p, dtype=torch.bool)
-        diff = s[p][:, None] - s[~p][None, :]  # (passing, failing): score of the passing minus the failing
-        wins += float((diff > 0).sum()) + 0.5 * float((diff == 0).sum())
-        pairs += diff.numel()
-    return wins / pairs if pairs else None
-
-
-def pick_of_k(scores, passed, k):
-    """Best-of-k by a scorer: the mean over tasks of whether the highest-scored of its first k samples
-    passes (ties: the first). With random scores its expectation is random_of_k."""
-    return sum(p[max(range(k), key=lambda i: s[i])] for s, p in zip(scores, passed)) / len(scores)
-
-
-def random_of_k(passed, k):
-    return sum(sum(p[:k]) / k for p in passed) / len(passed)  # a uniformly random pick of the first k
-
-
-def oracle_of_k(passed, k):
-    return sum(any(p[:k]) for p in passed) / len(passed)  # pass@k of these samples: the ceiling of any picker
-
-
-# -----------------------------------------------------------------------------
-# python decode.py [--n 4] [--temperatures 0.1,0.3] [--key=value ...]: how much could a perfect picker gain (dev)?
+# python decode.py [--n 16] [--key=value ...]: how much could a perfect picker gain, and how well do the
+# likelihood (and a VM) rank? On eval_split (dev): a tuning tool reads no test task.
 
 
 def main(argv):
     import argparse
     import train
-    ap = argparse.ArgumentParser(description="pass@1 and pass@n of the search stages' policy on decode_tasks tasks "
-                                 "of eval_split (dev: a tuning tool reads no test task): the headroom of reranking. "
-                                 "Other --key=value arguments are train.py config overrides (e.g. --out_dir=out-repro "
-                                 "--decode_tasks=300).")
-    ap.add_argument('--n', type=int, default=4, help='samples per task')
-    ap.add_argument('--temperatures', default='0.1,0.3,0.7', help='comma-separated sampling temperatures')
+    ap = argparse.ArgumentParser(description="pass@1, pass@n and the rankers' figures of the search stages' policy "
+                                 "on decode_tasks tasks of eval_split (dev). Other --key=value arguments are train.py "
+                                 "config overrides (e.g. --out_dir=out-repro --decode_temperature=0.5).")
+    ap.add_argument('--n', type=int, default=16, help='samples per task')
+    ap.add_argument('--vm', help='also rank with this value model')
     args, overrides = ap.parse_known_args(argv)
     try:
         config = train.configure(overrides)
@@ -255,12 +193,19 @@ def main(argv):
     tasks = T.spread(T.load_tasks(os.path.join(cfg.data_dir, f'{cfg.eval_split}.jsonl')), cfg.decode_tasks)
     policy, name = train.final_policy(cfg)
     greedy = grade(tasks, greedy_answers(cfg, policy, enc, tasks)[0])
-    print(f"{name} on {len(tasks)} {cfg.eval_split} tasks: greedy pass@1 {sum(greedy) / len(tasks):.3f}")
-    for temperature in [float(t) for t in args.temperatures.split(',')]:
-        gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-        h = headroom(policy, enc, tasks, args.n, temperature, cfg.max_new_tokens, gen)
-        print(f"temperature {temperature}: a sample passes {h['pass1']:.3f}; "
-              f"at least one of {args.n} passes on {h['pass_n']:.3f} of the tasks")
+    gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    pool = value.sample_pool(policy, enc, tasks, args.n, cfg.max_new_tokens, cfg.decode_temperature, gen)
+    passed = value.grade_pool(tasks, pool)
+    scores = {'likelihood': [[d.logp for d in draws] for draws in pool]}
+    if args.vm:
+        scores['vm'] = value.program_scores(value.load_value_model(args.vm, cfg.device), enc, tasks, pool)
+    ks = [k for k in (1, 4, 16) if k <= args.n]
+    print(f"{name} on {len(tasks)} {cfg.eval_split} tasks: greedy pass@1 {sum(greedy) / len(tasks):.3f}; "
+          f"{args.n} samples each at temperature {cfg.decode_temperature}")
+    print('  '.join(f"random of {k} {value.random_of_k(passed, k):.3f}, oracle of {k} {value.oracle_of_k(passed, k):.3f}"
+                    for k in ks))
+    for scorer, s in scores.items():
+        print(f"{scorer}: " + ', '.join(f"{k} {v:.3f}" for k, v in value.ranking(s, passed, ks).items()))
 
 
 if __name__ == '__main__':

@@ -335,7 +335,7 @@ class GPT(nn.Module):
 
 
 class ValueModel(nn.Module):
-    """V(s) in (0, 1): the GPT trunk and a linear head with a sigmoid, read at every position."""
+    """V(s) = sigmoid(z) in (0, 1): the GPT trunk and a linear head z, read at every position."""
 
     def __init__(self, config):
         super().__init__()
@@ -351,8 +351,8 @@ class ValueModel(nn.Module):
         return vm
 
     def forward(self, idx):
-        """Values (B, T); with right padding, row b's value is out[b, length_b - 1] (attention is causal)."""
-        return torch.sigmoid(self.head(self.gpt.hidden(idx)).squeeze(-1).float())
+        """Logits z (B, T), V = sigmoid(z); with right padding, row b's is out[b, length_b - 1] (attention is causal)."""
+        return self.head(self.gpt.hidden(idx)).squeeze(-1).float()
 
 
 def save_checkpoint(obj, path):

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-DECODE_ORDER = ('greedy', 'bon_orm', 'prm', 'prm_last', 'orm_mcts', 'vm_mcts')
+DECODE_ORDER = ('greedy', 'one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min', 'orm_mcts', 'vm_mcts')
 
 
 def mean_se(xs):
@@ -32,9 +32,9 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def decode_budgets(decode):
-    """The budgets of results.json's decode entries, ascending; greedy's budget 0 is not one."""
-    return sorted({int(b) for per in decode.values() for b in per if int(b)})
+def decode_ns(decode):
+    """The budgets N (complete samples) of results.json's decode entries, ascending; greedy's 0 is not one."""
+    return sorted({int(n) for per in decode.values() for n in per if int(n)})
 
 
 def fmt(m, se):
@@ -66,13 +66,25 @@ def paired_difference(train, a, b, key='test_pass1'):
 
 
 def decode_table(decode):
-    budgets = decode_budgets(decode)
-    lines = ['| method | ' + ' | '.join(f'budget {b}' for b in budgets) + ' |', '|---' * (len(budgets) + 1) + '|']
+    ns = decode_ns(decode)
+    lines = ['| method | ' + ' | '.join(f'N = {n}' for n in ns) + ' |', '|---' * (len(ns) + 1) + '|']
     for m in DECODE_ORDER:
         if m in decode:
-            cells = [decode[m].get(str(b)) or decode[m]['0'] for b in budgets]  # greedy has one entry, budget 0
+            cells = [decode[m].get(str(n)) or decode[m]['0'] for n in ns]  # greedy has one entry, N = 0
             lines.append(f'| {m} | ' + ' | '.join(f"{fmt(c['pass1'], c.get('pass1_se', 0))} ({c['tokens']:.0f})"
                                                   for c in cells) + ' |')
+    return '\n'.join(lines)
+
+
+def ranking_table(ranking):
+    """The rankers on the test pools: within-task AUC, Pearson, best-of-k pass@1 (random and oracle beside)."""
+    ks = sorted({int(k.rsplit('_', 1)[1]) for r in ranking.values() for k in r if k.startswith('pick_of_')})
+    lines = ['| scorer | within-task AUC | Pearson | ' + ' | '.join(f'best of {k}' for k in ks) + ' |',
+             '|---' * (len(ks) + 3) + '|']
+    for name, r in ranking.items():
+        cell = lambda v: '-' if v is None else f'{v:.3f}'  # noqa: E731
+        lines.append(f"| {name} | {cell(r.get('within_task_auc'))} | {cell(r.get('pearson'))} | "
+                     + ' | '.join(cell(r.get(f'pick_of_{k}')) for k in ks) + ' |')
     return '\n'.join(lines)
 
 
@@ -136,11 +148,11 @@ def plot(results, out_dir):
             bs = sorted(int(b) for b in per)
             ax.errorbar(bs, [per[str(b)]['pass1'] for b in bs], yerr=[per[str(b)].get('pass1_se', 0) for b in bs],
                         marker='o', capsize=3, color=f'C{i}', label=m)
-        ax.set(xscale='log', xlabel='generated-token budget per task', ylabel='pass@1 (test), mean ± SE',
+        ax.set(xscale='log', xlabel='complete samples per task (N)', ylabel='pass@1 (test), mean ± SE',
                title='accuracy against decoding budget')
-        budgets = decode_budgets(results['decode'])
+        ns = decode_ns(results['decode'])
         ax.minorticks_off()
-        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xticks(ns, [str(n) for n in ns])
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -177,21 +189,21 @@ def write_report(results, out_dir):
         if pairs:
             parts.append("Paired by seed, final greedy test pass@1: " + "; ".join(
                 f"{a} - {b} = {fmt(*paired_difference(train, a, b))}" for a, b in pairs) + ".\n")
-    for name, mse in (('vm', 'val_mse'), ('orm', 'val_mse_complete')):  # the ORM is chosen and used on programs
-        if name in results:
+    for name in ('vm', 'orm'):
+        if 'iter' in results.get(name, {}):
             v = results[name]
-            parts.append(f"## {name.upper()}\n\nValidation at step {v.get('iter')}: {mse} {v.get(mse, 0):.4f} "
-                         f"(predicting the mean of all targets: {v.get('val_mse_of_mean', 0):.4f}), Pearson "
-                         f"{v.get('val_pearson', 0):.3f} (intermediate states {v.get('val_pearson_states', 0):.3f}, "
-                         f"complete programs {v.get('val_pearson_complete', 0):.3f}).\n")
+            parts.append(f"## {name.upper()}\n\nKept step {v['iter']} of {v.get('iters_trained')}: the best "
+                         f"within-task AUC on the dev pool, {v['dev_within_task_auc']:.3f} (best of 16: "
+                         f"{v.get('dev_pick_of_16', float('nan')):.3f}; Pearson {v['dev_pearson']:.3f}).\n")
+    if results.get('ranking'):
+        parts.append("## Ranking a task's own samples (test pools)\n\n" + ranking_table(results['ranking']) + '\n')
     if results.get('decode'):
-        budgets = decode_budgets(results['decode'])
-        parts.append("## Decoding at equal budgets\n\npass@1 on the test tasks (mean generated tokens per task); "
-                     "the budget caps the tokens each method may generate per task.\n\n"
+        ns = decode_ns(results['decode'])
+        parts.append("## Decoding at equal budgets\n\npass@1 on the test tasks at N complete samples per task "
+                     f"(mean generated tokens per task), sampling at {cfg.get('decode_temperature')}.\n\n"
                      + decode_table(results['decode']) + '\n')
-        if budgets:
-            parts.append(f"By difficulty at budget {budgets[-1]}:\n\n"
-                         + difficulty_table(results['decode'], budgets[-1]) + '\n')
+        if ns:
+            parts.append(f"By difficulty at N = {ns[-1]}:\n\n" + difficulty_table(results['decode'], ns[-1]) + '\n')
     files = plot(results, out_dir)
     parts += [f"![{f}]({f})\n" for f in files] or ["(No plots: `pip install matplotlib` and rerun "
                                                    f"`python report.py {out_dir}`.)\n"]

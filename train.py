@@ -10,9 +10,9 @@ Stages, in order (each writes into out_dir and is skipped on a rerun once comple
     data   check the task files and the tokenizer
     sft    supervised warm start on reference solutions                      -> sft.pt
     rl     ReST-GRPO (or --method=grpo | rest_dpo) from the SFT model   -> rl_<method>_seed<seed>.pt
-    mcts   MCTS with rollouts on the rl split: value targets, no labels       -> value_targets.jsonl
+    mcts   MCTS scored by the tests on the rl split: value targets, no labels -> value_targets.jsonl
     vm     value model and outcome reward model on those targets             -> vm.pt, orm.pt
-    decode greedy, best-of-N (ORM), PRM, ORM-MCTS, VM-MCTS at equal budgets    -> decode.json
+    decode VM-MCTS against greedy, best-of-N rerankers, ORM-MCTS at N samples -> decode.json
 and then results.json, report.md (report.py) and a table.
 """
 
@@ -33,6 +33,7 @@ import mcts
 import report
 import restrl
 import tasks as T
+import value
 from model import GPT, GPTConfig, save_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -96,31 +97,28 @@ rl_eval_interval = 5     # greedy eval_split pass@1 every N iterations
 rl_test_interval = 0     # test pass@1 (greedy and sampled) every N iterations, for curves (0: start and end only)
 eval_samples = 4         # sampled pass@1 on test: programs per task ...
 eval_temperature = 0.7   # ... at this temperature (the paper evaluates its policies by sampling at 0.7)
-# MCTS value targets (mcts.py)
-mcts_num_sample = 5      # next lines sampled per expansion (official num_sample)
-mcts_num_decision = 3    # children kept per expansion, best scored first (official num_decision)
+# MCTS value targets (mcts.py): searches scored by the tests on rl tasks
+mcts_num_sample = 5      # complete programs sampled per expansion (official num_sample)
+mcts_num_decision = 3    # children a decoding search keeps selectable per node, best valued first (official)
 mcts_c_collect = 0.2     # UCT constant when collecting (official)
 mcts_c_decode = 0.1      # UCT constant when decoding (official)
 mcts_eps = 0.1           # UCT guard against division by zero (official)
-mcts_puct = False        # PUCT with the policy prior instead of the official UCT
-mcts_line_tokens = 32    # most tokens in one line
-mcts_temperature = 0.7   # sampling temperature of the collecting search's expansions and rollouts
+mcts_temperature = 0.7   # sampling temperature when collecting (official)
 mcts_batch_tasks = 32    # searches advanced in lock-step (one policy call for all their leaves)
-mcts_collect_iters = 50  # search iterations per rl task when collecting (official: 100)
-mcts_collect_tasks = 256 # rl tasks searched, spread over difficulties (0 = all)
-# value model and ORM (mcts.py)
-vm_iters = 200           # optimizer steps (the ORM gets the same number and batch size); more overfits
-vm_batch_size = 32
+mcts_collect_samples = 20  # complete samples per rl task when collecting (4 expansions)
+mcts_collect_tasks = 512 # rl tasks searched, spread over difficulties (0 = all)
+# value model and ORM (value.py)
+vm_iters = 400           # optimizer steps (the ORM gets the same number and batch)
+vm_batch_tasks = 8       # tasks per batch, all their programs: the ranking loss compares programs of a task
 vm_lr = 3e-4
-vm_val_frac = 0.1        # share of tasks whose pairs are held out for validation
-vm_visit_weight = False  # weight the MSE by node visits
-vm_eval_interval = 100   # validate and checkpoint every N steps
+vm_rank_coef = 1.0       # weight of the within-task Bradley-Terry loss next to the MSE (0: MSE only, the paper's)
+vm_target = 'partial'    # 'partial' (fraction of tests passed) or 'binary' (all pass) Monte-Carlo targets
+vm_eval_interval = 50    # rank the dev pool and checkpoint every N steps; the best within-task AUC is kept
+vm_dev_tasks = 200       # dev tasks x 16 samples, graded once: the pool checkpoints are chosen on
 # decoding comparison (decode.py)
-decode_budgets = '256,512'  # generated-token budgets per task
+decode_samples = '1,4,8,16,32'  # budgets N: complete samples per task
 decode_tasks = 200       # test tasks, spread over difficulties (0 = all)
-decode_temperature = 0.1 # best-of-N draws and decoding expansions; 0.7 put every search below greedy (README)
-decode_max_iters = 1000  # safety cap on search iterations: the token budget is what binds
-decode_reserve = 64      # tokens kept back for a greedy finish while no complete program is found
+decode_temperature = 0.7 # every method's sampling temperature (the paper's)
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 STAGES = ['data', 'sft', 'rl', 'mcts', 'vm', 'decode']
@@ -163,7 +161,7 @@ def configure(argv, defaults=DEFAULTS):
             except (ValueError, SyntaxError):
                 value = text  # a bare string such as --method=grpo
             if type(defaults.get(key)) is str and not isinstance(value, str):
-                value = text  # a string key given digits: --decode_budgets=256,512 is not a tuple
+                value = text  # a string key given digits: --decode_samples=4,16 is not a tuple
             setkey(key, value, arg)
     if config['stage'] not in ['all'] + STAGES:
         raise ConfigError(f"key 'stage' must be one of all, {', '.join(STAGES)}; got '{config['stage']}'")
@@ -171,9 +169,11 @@ def configure(argv, defaults=DEFAULTS):
         raise ConfigError(f"key 'eval_split' must be one of {', '.join(SPLITS)}; got '{config['eval_split']}'")
     if config['seeds'] < 1:
         raise ConfigError(f"key 'seeds' must be at least 1; got {config['seeds']}")
-    if not all(b.strip().isdigit() and int(b) > 0 for b in config['decode_budgets'].split(',')):
-        raise ConfigError(f"key 'decode_budgets' must be positive token counts such as '256,512'; "
-                          f"got '{config['decode_budgets']}'")
+    if not all(n.strip().isdigit() and int(n) > 0 for n in config['decode_samples'].split(',')):
+        raise ConfigError(f"key 'decode_samples' must be positive sample counts such as '1,4,16'; "
+                          f"got '{config['decode_samples']}'")
+    if config['vm_target'] not in ('partial', 'binary'):
+        raise ConfigError(f"key 'vm_target' must be 'partial' or 'binary'; got '{config['vm_target']}'")
     if not set(config['method'].split(',')) <= {'rest_grpo', 'grpo', 'rest_dpo'}:
         raise ConfigError(f"key 'method' must be rest_grpo, grpo or rest_dpo (or a comma-separated list of "
                           f"them); got '{config['method']}'")
@@ -418,26 +418,30 @@ def main(argv):
         policy, name = final_policy(cfg)
         print(f"search stages use the policy in {name}")
     if 'mcts' in todo:
-        pairs = mcts.collect_value_targets(cfg, policy, enc, splits['rl'], cfg.out_dir, cfg.device)
-        results['mcts'] = dict(pairs=len(pairs), complete=sum(p['complete'] for p in pairs))
+        records = mcts.collect_value_targets(cfg, policy, enc, splits['rl'], cfg.out_dir, cfg.device)
+        results['mcts'] = dict(programs=len(records), tasks=len({r['task_id'] for r in records}),
+                               mean_reward=sum(r['value'] for r in records) / max(1, len(records)))
     if 'vm' in todo:
-        pairs = list(mcts.read_jsonl(os.path.join(cfg.out_dir, 'value_targets.jsonl')))
-        results['vm'] = mcts.train_value_model(cfg, policy, enc, pairs, os.path.join(cfg.out_dir, 'vm.pt'),
-                                               cfg.device)
-        results['orm'] = mcts.train_value_model(cfg, policy, enc, pairs, os.path.join(cfg.out_dir, 'orm.pt'),
-                                                cfg.device, only_complete=True)
+        records = list(mcts.read_jsonl(os.path.join(cfg.out_dir, 'value_targets.jsonl')))
+        dev = value.dev_pool(cfg, policy, enc, splits[cfg.eval_split], os.path.join(cfg.out_dir, 'vm_dev_pool.pt'),
+                             cfg.device)
+        for name in ('vm', 'orm'):
+            results[name] = value.train_value_model(cfg, policy, enc, records, dev, os.path.join(cfg.out_dir, f'{name}.pt'),
+                                                    cfg.device, only_complete=name == 'orm')
     if 'decode' in todo:
         path = os.path.join(cfg.out_dir, 'decode.json')
         if os.path.exists(path):
             print(f"decode: complete in {path}, skipping")
             out = json.load(open(path))
-            out['summary'] = {m: {int(b): v for b, v in per.items()} for m, per in out['summary'].items()}  # JSON keys
         else:
-            vm, orm = (mcts.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
-            out = decode.decode_compare(cfg, policy, vm, orm, enc, splits['test'], cfg.device)
+            vm, orm = (value.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
+            out = json.loads(json.dumps(decode.decode_compare(cfg, policy, vm, orm, enc, splits['test'], cfg.device)))
             report.write_atomic(path, json.dumps(out, indent=1))
-        results['decode'] = {m: {str(b): {k: v[k] for k in ('pass1', 'pass1_se', 'tokens', 'seeds', 'by_difficulty')}
-                                 for b, v in per.items()} for m, per in out['summary'].items()}
+        results['decode'] = {m: {n: {k: v[k] for k in ('pass1', 'pass1_se', 'samples', 'tokens', 'seeds', 'by_difficulty')}
+                                 for n, v in per.items()} for m, per in out['summary'].items()}
+        results['ranking'] = out['ranking']  # on the test pools: AUC, Pearson, pick of k (random and oracle beside)
+        for name in ('vm', 'orm'):
+            results.setdefault(name, {})['test_within_task_auc'] = out['ranking'][name]['within_task_auc']
         print(report.decode_table(results['decode']))
     results['wall_seconds'] = results.get('wall_seconds', 0.0) + time.time() - t_start
     write_results(cfg, results)

@@ -17,9 +17,6 @@ method = 'rest_grpo,grpo,rest_dpo'   # the first is the policy the search stages
 rl_iters = 200
 rl_test_interval = 100
 rl_eval_interval = 1000              # dev only at the start and the end: the settings were chosen on dev (sweep_rl.py)
-# value targets on more tasks than the default run, and decoding at three budgets
-mcts_collect_tasks = 1024
-decode_budgets = '128,256,512'
+# value targets from thousands of rl tasks, and decoding at N = 1-32 complete samples on 300 test tasks
+mcts_collect_tasks = 3000
 decode_tasks = 300
-# the value model and ORM train on 17.7K targets; the best validation step is kept (VM: 200 of 600)
-vm_iters = 600

@@ -117,8 +117,8 @@ def test_value_model_reads_each_rows_last_token_under_right_padding(model):
     torch.nn.init.normal_(vm.head.weight)
     short, long = [4, 5, 6], [9, 8, 7, 6, 5]
     batch = torch.tensor([short + [0, 0], long])
-    v = vm(batch)
-    assert v.shape == (2, 5) and ((v > 0) & (v < 1)).all()
+    v = vm(batch)  # logits; V = sigmoid(v)
+    assert v.shape == (2, 5) and v.std() > 0
     torch.testing.assert_close(v[0, 2], vm(torch.tensor([short]))[0, -1])
     torch.testing.assert_close(v[1, 4], vm(torch.tensor([long]))[0, -1])
     for a, b in zip(vm.gpt.parameters(), model.parameters()):  # trunk initialised from the policy

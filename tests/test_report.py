@@ -23,15 +23,17 @@ def history(end, sampled, eff, tokens):
 
 def fake_results():
     decode = {'greedy': {'0': dict(pass1=0.5, pass1_se=0.0, tokens=50, seeds=1, by_difficulty={'1': 0.9, '2': 0.1})}}
-    for m, p in (('bon_orm', 0.4), ('vm_mcts', 0.6)):
-        decode[m] = {b: dict(pass1=p, pass1_se=0.02, tokens=int(b) - 10, seeds=3, by_difficulty={'1': 1.0, '2': 0.2})
-                     for b in ('128', '256')}
+    for m, p in (('orm_bon', 0.4), ('vm_mcts', 0.6)):
+        decode[m] = {n: dict(pass1=p, pass1_se=0.02, samples=int(n), tokens=60 * int(n) - 10, seeds=3,
+                             by_difficulty={'1': 1.0, '2': 0.2}) for n in ('4', '16')}
+    ranking = {'vm': dict(within_task_auc=0.75, pearson=0.5, pick_of_1=0.3, pick_of_4=0.45),
+               'orm': dict(within_task_auc=None, pearson=0.4, pick_of_1=0.3, pick_of_4=0.4)}
     train_ = {'grpo': train.rl_summary({1: history(0.55, 0.45, [0.5, 0.6], 1000), 2: history(0.65, 0.5, [0.7, 0.8], 3000)}),
               'rest_grpo': train.rl_summary({1: history(0.6, 0.5, [0.8, 0.9], 1200), 2: history(0.75, 0.6, [0.9, 1.0], 3200)})}
     return dict(config=dict(seed=1, seeds=2, rl_iters=2, rl_inner_steps=2, rl_reward='partial', rl_min_difficulty=1,
                             eval_samples=4, eval_temperature=0.7),
                 device='cpu', wall_seconds=60, sft=dict(test_pass1=0.5, by_difficulty={'1': 0.9, '2': 0.1}),
-                train=json.loads(json.dumps(train_)), decode=decode)  # as results.json holds it
+                train=json.loads(json.dumps(train_)), decode=decode, ranking=ranking)  # as results.json holds it
 
 
 def test_mean_se_matches_numpy():
@@ -52,10 +54,13 @@ def test_tables_hold_the_numbers():
     # paired by seed: (0.6 - 0.55, 0.75 - 0.65) = (0.05, 0.1): 0.075 +- 0.025
     assert report.paired_difference(r['train'], 'rest_grpo', 'grpo') == (pytest.approx(0.075), pytest.approx(0.025))
     dec = report.decode_table(r['decode'])
+    assert '| method | N = 4 | N = 16 |' in dec
     assert '| greedy | 0.500 (50) | 0.500 (50) |' in dec  # greedy has no budget: the same in every column
-    assert '| vm_mcts | 0.600 ± 0.020 (118) | 0.600 ± 0.020 (246) |' in dec
-    assert dec.index('greedy') < dec.index('bon_orm') < dec.index('vm_mcts')
-    assert '| vm_mcts | 1.00 | 0.20 |' in report.difficulty_table(r['decode'], 256)
+    assert '| vm_mcts | 0.600 ± 0.020 (230) | 0.600 ± 0.020 (950) |' in dec
+    assert dec.index('greedy') < dec.index('orm_bon') < dec.index('vm_mcts')
+    assert '| vm_mcts | 1.00 | 0.20 |' in report.difficulty_table(r['decode'], 16)
+    rank = report.ranking_table(r['ranking'])
+    assert '| vm | 0.750 | 0.500 | 0.300 | 0.450 |' in rank and '| orm | - | 0.400 |' in rank  # None: no mixed task
 
 
 def test_report_without_matplotlib_is_text(tmp_path, monkeypatch):

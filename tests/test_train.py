@@ -19,9 +19,9 @@ def test_config_file_and_overrides(tmp_path):
     assert config['n_layer'] == 3 and config['n_embd'] == 64 and config['method'] == 'grpo'
     assert config['sft_lr'] == 2.0 and type(config['sft_lr']) is float  # an int is accepted for a float
     # a string key given digits stays the text typed, not an int or a tuple
-    config = train.configure(['--decode_budgets=256', '--out_dir=2026'])
-    assert config['decode_budgets'] == '256' and config['out_dir'] == '2026'
-    assert train.configure(['--decode_budgets=128,256'])['decode_budgets'] == '128,256'
+    config = train.configure(['--decode_samples=16', '--out_dir=2026'])
+    assert config['decode_samples'] == '16' and config['out_dir'] == '2026'
+    assert train.configure(['--decode_samples=4,16'])['decode_samples'] == '4,16'
 
 
 def test_unknown_key_is_named():
@@ -45,8 +45,10 @@ def test_wrong_type_is_named():
         train.configure(['--seeds=0'])
     with pytest.raises(train.ConfigError, match="key 'eval_split' must be one of sft, rl, dev, test"):
         train.configure(['--eval_split=valid'])
-    with pytest.raises(train.ConfigError, match="key 'decode_budgets'"):
-        train.configure(['--decode_budgets=256,lots'])
+    with pytest.raises(train.ConfigError, match="key 'decode_samples'"):
+        train.configure(['--decode_samples=16,lots'])
+    with pytest.raises(train.ConfigError, match="key 'vm_target' must be 'partial' or 'binary'"):
+        train.configure(['--vm_target=both'])
 
 
 def test_missing_config_file():

@@ -1,0 +1,250 @@
+"""
+The value model (VM) and the outcome reward model (ORM) of ReST-RL's VM-MCTS, and how well a scorer ranks.
+
+V(s) = sigmoid(z), z = head(h) read at any position of a sequence: the policy's trunk and a scalar head
+(model.ValueModel). The VM trains on the mcts stage's records, one program each, with Monte-Carlo targets at its
+line ends (mcts.value_targets):
+  mse   sum over the line ends t and the program's end of (V(prefix_t) - target_t)^2, averaged: the paper's
+        regression on V(s)
+  rank  for two programs of the same task with different rewards, -log sigmoid(z_better - z_worse) at the
+        programs' ends (Bradley-Terry): a head trained by MSE alone learns what varies *between* tasks (a
+        short program means an easy task) and ranked a task's own samples worse than chance (README)
+The ORM is the same model and loss with one target per program, its reward (no line targets).
+Which step to keep: the best within-task AUC on a pool of dev samples graded for the purpose (dev is the
+tuning split), not the lowest MSE, which mostly measures differences between tasks.
+"""
+import os
+import random
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+import mcts
+import sandbox
+import tasks as T
+from model import GPTConfig, ValueModel, save_checkpoint
+
+# -----------------------------------------------------------------------------
+# reading values
+
+
+def encode_state(enc, prompt_and_text, complete, block_size):
+    """A state as the value model reads it: a complete program ends with the end-of-solution token.
+    The rare state longer than the context keeps its last block_size tokens."""
+    return (enc.encode_ordinary(prompt_and_text) + ([enc.eot_token] if complete else []))[-block_size:]
+
+
+def pad_right(seqs, pad_id, device):
+    """(N, T) right-padded ids and the lengths (N,); the VM is causal, so V(row b) = out[b, length_b - 1]."""
+    lengths = torch.tensor([len(s) for s in seqs], device=device)
+    idx = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        idx[i, :len(s)] = torch.tensor(s, device=device)
+    return idx, lengths
+
+
+@torch.no_grad()
+def values_at_positions(vm, seqs, pad_id, batch_size=256):
+    """The VM's value at every position of every sequence: (values (N, T), ids (N, T), lengths (N,))."""
+    idx, lengths = pad_right(seqs, pad_id, next(vm.parameters()).device)
+    vals = torch.cat([torch.sigmoid(vm(idx[i:i + batch_size])) for i in range(0, len(seqs), batch_size)])
+    return vals, idx, lengths
+
+
+def state_values(vm, seqs, pad_id):
+    """V(s) of each sequence: the value at its last token, (N,) on the CPU."""
+    vals, _, lengths = values_at_positions(vm.eval(), seqs, pad_id)
+    return vals[torch.arange(len(seqs)), lengths - 1].cpu()
+
+
+def value_scorer(vm, enc):
+    """score(jobs) for decoding searches (mcts.run_search): V(prompt + text [+ end token]) in one VM pass."""
+    def score(jobs):
+        seqs = [encode_state(enc, task['prompt'] + text, complete, vm.gpt.config.block_size)
+                for task, text, complete in jobs]
+        return state_values(vm, seqs, T.pad_id(enc)).tolist()
+    return score
+
+
+def load_value_model(path, device):
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    vm = ValueModel(GPTConfig(**ckpt['model_args'])).to(device)
+    vm.load_state_dict(ckpt['model'])
+    return vm.eval()
+
+
+# -----------------------------------------------------------------------------
+# how well a scorer ranks a task's own samples (every sample graded afterwards, for measuring only)
+
+
+def within_task_auc(scores, passed):
+    """Over every (passing, failing) pair of samples of the same task, the share where the passing one scores
+    higher (ties count half): the Mann-Whitney statistic pooled over the mixed tasks. scores, passed: per task a
+    list (a score and a bool per sample). None when no task has both a passing and a failing sample."""
+    wins = pairs = 0.0
+    for s, p in zip(scores, passed):
+        s, p = torch.tensor(s, dtype=torch.float64), torch.tensor(p, dtype=torch.bool)
+        diff = s[p][:, None] - s[~p][None, :]  # (passing, failing): score of the passing minus the failing
+        wins += float((diff > 0).sum()) + 0.5 * float((diff == 0).sum())
+        pairs += diff.numel()
+    return wins / pairs if pairs else None
+
+
+def pick_of_k(scores, passed, k):
+    """Best-of-k by a scorer: the mean over tasks of whether the highest-scored of its first k samples
+    passes (ties: the first). With random scores its expectation is random_of_k."""
+    return sum(p[max(range(k), key=lambda i: s[i])] for s, p in zip(scores, passed)) / len(scores)
+
+
+def random_of_k(passed, k):
+    return sum(sum(p[:k]) / k for p in passed) / len(passed)  # a uniformly random pick of the first k
+
+
+def oracle_of_k(passed, k):
+    return sum(any(p[:k]) for p in passed) / len(passed)  # pass@k of these samples: the ceiling of any picker
+
+
+def pearson(scores, passed):
+    """Correlation of score and pass over all samples of all tasks: mostly differences between tasks."""
+    x = torch.tensor([v for s in scores for v in s], dtype=torch.float64)
+    y = torch.tensor([float(v) for p in passed for v in p], dtype=torch.float64)
+    return torch.corrcoef(torch.stack([x, y]))[0, 1].item() if len(x) > 1 and x.std() > 0 else float('nan')
+
+
+def ranking(scores, passed, ks=(1, 4, 16)):
+    """A scorer's ranking figures on a pool: within-task AUC, Pearson, and best-of-k pass@1 for each k."""
+    out = dict(within_task_auc=within_task_auc(scores, passed), pearson=pearson(scores, passed))
+    for k in (k for k in ks if k <= min(map(len, passed))):
+        out[f'pick_of_{k}'] = pick_of_k(scores, passed, k)
+    return out
+
+
+def sample_pool(policy, enc, tasks, n, max_tokens, temperature, generator, batch_tasks=32):
+    """n programs per task sampled from the prompt (mcts.Draw: text, complete, tokens, mean log-prob)."""
+    expand, pool = mcts.policy_expander(policy.eval(), enc, max_tokens, temperature, {}, generator), []
+    for i in range(0, len(tasks), batch_tasks):
+        pool += expand([t['prompt'] for t in tasks[i:i + batch_tasks]], [n] * len(tasks[i:i + batch_tasks]))
+    return pool
+
+
+def grade_pool(tasks, pool):
+    """Whether each sample passes every hidden test: for measuring rankers and picks, never for choosing."""
+    results = iter(sandbox.run_batch([(t['prompt'] + d.text, t['tests']) for t, draws in zip(tasks, pool)
+                                      for d in draws]))
+    return [[T.solved(next(results)) for _ in draws] for draws in pool]
+
+
+def program_scores(vm, enc, tasks, pool):
+    """The VM's value of every pool sample as a complete program (per task a list)."""
+    jobs = [(t, d.text, d.complete) for t, draws in zip(tasks, pool) for d in draws]
+    flat = iter(value_scorer(vm, enc)(jobs))
+    return [[next(flat) for _ in draws] for draws in pool]
+
+
+# -----------------------------------------------------------------------------
+# stage vm: training the VM and the ORM
+
+
+def training_items(records, enc, block_size, target, only_complete=False):
+    """Per task its programs as training items: ids, the positions read (each line end of `steps`, then the
+    program's last token) and their targets ('partial': mean fraction of tests passed, 'binary': pass rate).
+    The ORM (only_complete) reads the program's end only."""
+    newline, col = enc.encode_single_token('\n'), 1 if target == 'partial' else 2
+    tasks = {}
+    for r in records:
+        if only_complete and not r['complete']:
+            continue
+        prompt, sol = enc.encode_ordinary(r['prompt']), enc.encode_ordinary(r['solution'])
+        ids = (prompt + sol + ([enc.eot_token] if r['complete'] else []))[-block_size:]
+        shift = len(prompt) + len(sol) + r['complete'] - len(ids)  # tokens cut from the front
+        lines = [len(prompt) + j - shift for j, tok in enumerate(sol) if tok == newline]  # the k-th '\n' token
+        pos, tgt = [], []
+        for cut, *values in ([] if only_complete else r['steps']):
+            k = r['solution'].count('\n', 0, cut) - 1  # this line end is the solution's k-th newline
+            if lines[k] >= 0:
+                pos.append(lines[k])
+                tgt.append(values[col - 1])
+        final = r['value'] if target == 'partial' else r['value_binary']
+        tasks.setdefault(r['task_id'], []).append(dict(ids=ids, pos=pos + [len(ids) - 1], tgt=tgt + [final],
+                                                       reward=r['value']))
+    return list(tasks.values())
+
+
+def vm_loss(vm, items, rank_coef, pad_id, device):
+    """mse + rank_coef * rank over a batch of tasks' programs (module docstring). items: per task a list."""
+    flat = [it for task in items for it in task]
+    idx, _ = pad_right([it['ids'] for it in flat], pad_id, device)
+    z = vm(idx)  # (N, T) logits
+    rows = torch.tensor([r for r, it in enumerate(flat) for _ in it['pos']], device=device)
+    cols = torch.tensor([p for it in flat for p in it['pos']], device=device)
+    y = torch.tensor([t for it in flat for t in it['tgt']], device=device)
+    mse = F.mse_loss(torch.sigmoid(z[rows, cols]), y)  # mean over read positions of (V - target)^2
+    ends = z[torch.arange(len(flat), device=device), torch.tensor([it['pos'][-1] for it in flat], device=device)]
+    task = torch.tensor([i for i, t in enumerate(items) for _ in t], device=device)
+    reward = torch.tensor([it['reward'] for it in flat], device=device)
+    better = (task[:, None] == task[None, :]) & (reward[:, None] > reward[None, :])  # (i, j): i beats j, same task
+    rank = F.softplus(-(ends[:, None] - ends[None, :])[better]).mean() if better.any() else z.sum() * 0
+    return mse + rank_coef * rank, dict(mse=mse.item(), rank=rank.item())  # softplus(-d) = -log sigmoid(d)
+
+
+def dev_pool(cfg, policy, enc, dev_tasks, path, device):
+    """vm_dev_tasks dev tasks x 16 samples, graded once and kept in `path`: where checkpoints are chosen."""
+    if os.path.exists(path):
+        return torch.load(path, weights_only=False)
+    tasks = T.spread(dev_tasks, cfg.vm_dev_tasks)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, cfg.decode_temperature, gen)
+    out = dict(tasks=tasks, pool=pool, passed=grade_pool(tasks, pool))
+    save_checkpoint(out, path)
+    return out
+
+
+def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_complete=False, log=print):
+    """The VM (or with only_complete the ORM: the same model, loss, steps and batch) on the mcts records, from
+    the policy's weights. Validates every vm_eval_interval steps on the dev pool `dev` (dev_pool) and keeps the
+    step with the best within-task AUC. Checkpoints to out_path and resumes from it. Returns the kept metrics."""
+    name = 'orm' if only_complete else 'vm'
+    items = training_items(records, enc, policy.config.block_size, cfg.vm_target, only_complete)
+    if not items:
+        raise ValueError(f"{name}: no training programs ({len(records)} records given)")
+    vm = ValueModel.from_policy(policy).to(device)
+    optimizer = torch.optim.AdamW(vm.parameters(), lr=cfg.vm_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    it, history, best = 0, [], None
+    if os.path.exists(out_path):
+        ckpt = torch.load(out_path, map_location=device, weights_only=False)
+        vm.load_state_dict(ckpt['model'])
+        if ckpt['done']:
+            log(f"{name}: complete in {out_path}, skipping")
+            return ckpt['metrics']
+        optimizer.load_state_dict(ckpt['optimizer'])
+        it, history, best = ckpt['iter_num'], ckpt['history'], ckpt['best']
+        log(f"{name}: resuming from iteration {it}")
+    log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {cfg.vm_target} targets"
+        + ('' if only_complete else ' at every line end'))
+    while it < cfg.vm_iters:
+        vm.train()
+        rng = random.Random(cfg.seed * 1_000_003 + it)  # batches depend on (seed, iteration) only
+        loss, parts = vm_loss(vm, rng.sample(items, min(cfg.vm_batch_tasks, len(items))), cfg.vm_rank_coef,
+                              T.pad_id(enc), device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vm.parameters(), cfg.grad_clip)
+        optimizer.step()
+        it += 1
+        if it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters:
+            scores = program_scores(vm.eval(), enc, dev['tasks'], dev['pool'])
+            metrics = dict(iter=it, loss=loss.item(), **parts, **{f'dev_{k}': v for k, v in
+                                                                 ranking(scores, dev['passed']).items()})
+            history.append(metrics)
+            if best is None or (metrics['dev_within_task_auc'] or 0) > (best['metrics']['dev_within_task_auc'] or 0):
+                best = dict(metrics=metrics, model={k: v.clone() for k, v in vm.state_dict().items()})
+            done = it == cfg.vm_iters
+            if done:  # the finished checkpoint holds the kept step's weights and metrics
+                vm.load_state_dict(best['model'])
+            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
+                                 model_args=asdict(vm.gpt.config), iter_num=it, config=vars(cfg), history=history,
+                                 done=done, metrics=dict(best['metrics'], iters_trained=it)), out_path)
+            log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                + (f"; keeping step {best['metrics']['iter']}" if done else ''))
+    return dict(best['metrics'], iters_trained=it)
