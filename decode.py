@@ -44,7 +44,7 @@ def line_min_scores(vm, enc, tasks, pool):
         s = enc.encode_ordinary(d.text) + ([enc.eot_token] if d.complete else [])
         seqs.append((p + s)[-block:])
         starts.append(max(len(p) - max(len(p) + len(s) - block, 0), 0))  # where the solution starts after cropping
-    vals, idx, lengths = value.values_at_positions(vm.eval(), seqs, T.pad_id(enc))
+    vals, idx, lengths = value.values_at_positions(vm.eval(), seqs, starts, T.pad_id(enc))
     pos = torch.arange(idx.size(1), device=idx.device)[None, :]  # (1, T)
     last = pos == lengths[:, None] - 1
     step_end = ((idx == newline) & (pos >= torch.tensor(starts, device=idx.device)[:, None])

@@ -171,13 +171,15 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def hidden(self, idx, keep_kv=False):
+    def hidden(self, idx, keep_kv=False, extra=None):
         """Final hidden states (B, T, C) of a batch of sequences that all start at position 0; with keep_kv
-        also every layer's keys and values [(k, v)], each (B, nh, T, hs), for continue_hidden."""
+        also every layer's keys and values [(k, v)], each (B, nh, T, hs), for continue_hidden. extra (B, T, C) is
+        added to the input embeddings (the value model's log-prob input)."""
         B, T = idx.size()
         assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
         pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x if extra is None else x + extra)
         kvs = []
         for block in self.transformer.h:
             x, kv = block(x)
@@ -335,24 +337,44 @@ class GPT(nn.Module):
 
 
 class ValueModel(nn.Module):
-    """V(s) = sigmoid(z) in (0, 1): the GPT trunk and a linear head z, read at every position."""
+    """V(s) = sigmoid(z) in (0, 1): the GPT trunk and a linear head z, read at every position.
+    With reads_logp the model also reads the policy's log-prob of every solution token, from a frozen copy of the
+    policy it carries: as an input (log-prob times a learned vector, added to the token's embedding), and as a
+    learned multiple of the running mean log-prob added to z, so that it starts out ranking a task's programs
+    by the policy's own likelihood and learns what to add to it."""
 
-    def __init__(self, config):
+    def __init__(self, config, reads_logp=False):
         super().__init__()
         self.gpt = GPT(config)
         self.head = nn.Linear(config.n_embd, 1)
         torch.nn.init.zeros_(self.head.weight)  # start at V = 0.5 everywhere
         torch.nn.init.zeros_(self.head.bias)
+        self.reads_logp = reads_logp
+        if reads_logp:
+            self.policy = GPT(config).requires_grad_(False)
+            self.logp_in = nn.Parameter(torch.zeros(config.n_embd))
+            self.logp_scale = nn.Parameter(torch.ones(()))
 
     @classmethod
-    def from_policy(cls, gpt):
-        vm = cls(gpt.config).to(gpt.lm_head.weight.device)
+    def from_policy(cls, gpt, reads_logp=False):
+        vm = cls(gpt.config, reads_logp).to(gpt.lm_head.weight.device)
         vm.gpt.load_state_dict(gpt.state_dict())
+        if reads_logp:
+            vm.policy.load_state_dict(gpt.state_dict())
         return vm
 
-    def forward(self, idx):
-        """Logits z (B, T), V = sigmoid(z); with right padding, row b's is out[b, length_b - 1] (attention is causal)."""
-        return self.head(self.gpt.hidden(idx)).squeeze(-1).float()
+    def forward(self, idx, start=None):
+        """Logits z (B, T), V = sigmoid(z); with right padding, row b's is out[b, length_b - 1] (attention is causal).
+        start (B,): where each row's solution begins (needed with reads_logp: the prompt's log-probs are not read)."""
+        if not self.reads_logp:
+            return self.head(self.gpt.hidden(idx)).squeeze(-1).float()
+        with torch.no_grad():
+            lp = F.pad(self.policy.logprobs(idx), (1, 0))  # (B, T): log pi(token t | tokens before it)
+            solution = torch.arange(idx.size(1), device=idx.device)[None, :] >= start[:, None]
+            lp = lp * solution
+            mean_lp = lp.cumsum(1) / solution.cumsum(1).clamp(min=1)  # the running mean over the solution so far
+        z = self.head(self.gpt.hidden(idx, extra=lp[..., None] * self.logp_in)).squeeze(-1).float()
+        return z + self.logp_scale * mean_lp
 
 
 def save_checkpoint(obj, path):

@@ -113,6 +113,7 @@ vm_batch_tasks = 8       # tasks per batch, all their programs: the ranking loss
 vm_lr = 3e-4
 vm_rank_coef = 1.0       # weight of the within-task Bradley-Terry loss next to the MSE (0: MSE only, the paper's)
 vm_target = 'partial'    # 'partial' (fraction of tests passed) or 'binary' (all pass) Monte-Carlo targets
+vm_reads_logp = True     # the VM and ORM also read the policy's token log-probs (model.ValueModel; False: text only)
 vm_eval_interval = 50    # rank the dev pool and checkpoint every N steps; the best within-task AUC is kept
 vm_dev_tasks = 200       # dev tasks x 16 samples, graded once: the pool checkpoints are chosen on
 # decoding comparison (decode.py)

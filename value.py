@@ -29,10 +29,12 @@ from model import GPTConfig, ValueModel, save_checkpoint
 # reading values
 
 
-def encode_state(enc, prompt_and_text, complete, block_size):
-    """A state as the value model reads it: a complete program ends with the end-of-solution token.
-    The rare state longer than the context keeps its last block_size tokens."""
-    return (enc.encode_ordinary(prompt_and_text) + ([enc.eot_token] if complete else []))[-block_size:]
+def encode_state(enc, prompt, text, complete, block_size):
+    """A state as the value model reads it, and where its solution starts: a complete program ends with the
+    end-of-solution token. The rare state longer than the context keeps its last block_size tokens."""
+    p = enc.encode_ordinary(prompt)
+    ids = p + enc.encode_ordinary(text) + ([enc.eot_token] if complete else [])
+    return ids[-block_size:], max(0, len(p) - max(0, len(ids) - block_size))
 
 
 def pad_right(seqs, pad_id, device):
@@ -45,31 +47,34 @@ def pad_right(seqs, pad_id, device):
 
 
 @torch.no_grad()
-def values_at_positions(vm, seqs, pad_id, batch_size=256):
-    """The VM's value at every position of every sequence: (values (N, T), ids (N, T), lengths (N,))."""
+def values_at_positions(vm, seqs, starts, pad_id, batch_size=256):
+    """The VM's value at every position of every sequence (starts: where each solution begins):
+    (values (N, T), ids (N, T), lengths (N,))."""
     idx, lengths = pad_right(seqs, pad_id, next(vm.parameters()).device)
-    vals = torch.cat([torch.sigmoid(vm(idx[i:i + batch_size])) for i in range(0, len(seqs), batch_size)])
+    start = torch.tensor(starts, device=idx.device)
+    vals = torch.cat([torch.sigmoid(vm(idx[i:i + batch_size], start[i:i + batch_size]))
+                      for i in range(0, len(seqs), batch_size)])
     return vals, idx, lengths
 
 
-def state_values(vm, seqs, pad_id):
+def state_values(vm, seqs, starts, pad_id):
     """V(s) of each sequence: the value at its last token, (N,) on the CPU."""
-    vals, _, lengths = values_at_positions(vm.eval(), seqs, pad_id)
+    vals, _, lengths = values_at_positions(vm.eval(), seqs, starts, pad_id)
     return vals[torch.arange(len(seqs)), lengths - 1].cpu()
 
 
 def value_scorer(vm, enc):
     """score(jobs) for decoding searches (mcts.run_search): V(prompt + text [+ end token]) in one VM pass."""
     def score(jobs):
-        seqs = [encode_state(enc, task['prompt'] + text, complete, vm.gpt.config.block_size)
-                for task, text, complete in jobs]
-        return state_values(vm, seqs, T.pad_id(enc)).tolist()
+        seqs, starts = zip(*[encode_state(enc, task['prompt'], text, complete, vm.gpt.config.block_size)
+                             for task, text, complete in jobs])
+        return state_values(vm, seqs, starts, T.pad_id(enc)).tolist()
     return score
 
 
 def load_value_model(path, device):
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    vm = ValueModel(GPTConfig(**ckpt['model_args'])).to(device)
+    vm = ValueModel(GPTConfig(**ckpt['model_args']), ckpt['reads_logp']).to(device)
     vm.load_state_dict(ckpt['model'])
     return vm.eval()
 
@@ -166,8 +171,8 @@ def training_items(records, enc, block_size, target, only_complete=False):
                 pos.append(lines[k])
                 tgt.append(values[col - 1])
         final = r['value'] if target == 'partial' else r['value_binary']
-        tasks.setdefault(r['task_id'], []).append(dict(ids=ids, pos=pos + [len(ids) - 1], tgt=tgt + [final],
-                                                       reward=r['value']))
+        tasks.setdefault(r['task_id'], []).append(dict(ids=ids, start=max(0, len(prompt) - shift),
+                                                       pos=pos + [len(ids) - 1], tgt=tgt + [final], reward=r['value']))
     return list(tasks.values())
 
 
@@ -175,7 +180,7 @@ def vm_loss(vm, items, rank_coef, pad_id, device):
     """mse + rank_coef * rank over a batch of tasks' programs (module docstring). items: per task a list."""
     flat = [it for task in items for it in task]
     idx, _ = pad_right([it['ids'] for it in flat], pad_id, device)
-    z = vm(idx)  # (N, T) logits
+    z = vm(idx, torch.tensor([it['start'] for it in flat], device=device))  # (N, T) logits
     rows = torch.tensor([r for r, it in enumerate(flat) for _ in it['pos']], device=device)
     cols = torch.tensor([p for it in flat for p in it['pos']], device=device)
     y = torch.tensor([t for it in flat for t in it['tgt']], device=device)
@@ -208,8 +213,9 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
     items = training_items(records, enc, policy.config.block_size, cfg.vm_target, only_complete)
     if not items:
         raise ValueError(f"{name}: no training programs ({len(records)} records given)")
-    vm = ValueModel.from_policy(policy).to(device)
-    optimizer = torch.optim.AdamW(vm.parameters(), lr=cfg.vm_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    vm = ValueModel.from_policy(policy, cfg.vm_reads_logp).to(device)
+    optimizer = torch.optim.AdamW([p for p in vm.parameters() if p.requires_grad], lr=cfg.vm_lr, betas=(0.9, 0.95),
+                                  weight_decay=0.0)
     it, history, best = 0, [], None
     if os.path.exists(out_path):
         ckpt = torch.load(out_path, map_location=device, weights_only=False)
@@ -243,7 +249,7 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
             if done:  # the finished checkpoint holds the kept step's weights and metrics
                 vm.load_state_dict(best['model'])
             save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
-                                 model_args=asdict(vm.gpt.config), iter_num=it, config=vars(cfg), history=history,
+                                 model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it, config=vars(cfg), history=history,
                                  done=done, metrics=dict(best['metrics'], iters_trained=it)), out_path)
             log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
                 + (f"; keeping step {best['metrics']['iter']}" if done else ''))

@@ -232,7 +232,7 @@ def make_cfg(**kw):
     cfg = dict(seed=0, device=DEV, max_new_tokens=48, grad_clip=1.0, eval_split='dev',
                mcts_num_sample=3, mcts_num_decision=2, mcts_c_collect=0.2, mcts_c_decode=0.1, mcts_eps=0.1,
                mcts_temperature=1.0, decode_temperature=1.0, mcts_batch_tasks=8, mcts_collect_samples=6,
-               mcts_collect_tasks=0, vm_iters=20, vm_batch_tasks=4, vm_lr=1e-3, vm_rank_coef=1.0, vm_target='partial',
+               mcts_collect_tasks=0, vm_iters=20, vm_batch_tasks=4, vm_lr=1e-3, vm_rank_coef=1.0, vm_target='partial', vm_reads_logp=False,
                vm_eval_interval=10, vm_dev_tasks=0, decode_samples='1,4', seeds=1, decode_tasks=0)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
@@ -302,7 +302,8 @@ def test_value_scorer_equals_unpadded_single_forward(vm, enc):
         ids = enc.encode_ordinary(task['prompt'] + text) + ([EOT] if complete else [])
         assert v == pytest.approx(torch.sigmoid(vm(torch.tensor([ids], device=DEV))[0, -1]).item(), abs=1e-5)
     assert len(set(round(v, 4) for v in got)) == 3
-    assert value.encode_state(enc, 'abcdef', True, 4) == [ord('d'), ord('e'), ord('f'), EOT]  # keeps the tail
+    assert value.encode_state(enc, 'ab', 'cdef', True, 4) == ([ord('d'), ord('e'), ord('f'), EOT], 0)  # the tail
+    assert value.encode_state(enc, 'abc', 'de', True, 5) == ([ord('b'), ord('c'), ord('d'), ord('e'), EOT], 2)
 
 
 def test_line_min_scores_are_the_least_value_over_line_prefixes(vm, enc):
@@ -346,6 +347,7 @@ def test_training_items_read_each_line_end_and_the_program_end(enc):
     (task,) = value.training_items([r], enc, 96, 'partial')
     (item,) = task
     assert item['ids'] == enc.encode_ordinary(r['prompt'] + sol) + [EOT]
+    assert item['start'] == len(enc.encode_ordinary(r['prompt']))
     assert [enc.decode([item['ids'][p]]) for p in item['pos'][:2]] == ['\n', '\n']
     assert enc.decode(item['ids'][:item['pos'][0] + 1]) == r['prompt'] + sol[:20]  # the first line's end
     assert item['pos'][2] == len(item['ids']) - 1 and item['tgt'] == [0.75, 0.5, 0.5]
@@ -357,8 +359,9 @@ def test_training_items_read_each_line_end_and_the_program_end(enc):
 
 
 def test_vm_loss_by_hand(vm, enc):
-    items = [[dict(ids=[1, 2, 3], pos=[1, 2], tgt=[0.5, 1.0], reward=1.0), dict(ids=[4, 5], pos=[1], tgt=[0.0], reward=0.0)],
-             [dict(ids=[6, 7, 8], pos=[2], tgt=[0.3], reward=0.3)]]
+    items = [[dict(ids=[1, 2, 3], start=1, pos=[1, 2], tgt=[0.5, 1.0], reward=1.0),
+              dict(ids=[4, 5], start=1, pos=[1], tgt=[0.0], reward=0.0)],
+             [dict(ids=[6, 7, 8], start=1, pos=[2], tgt=[0.3], reward=0.3)]]
     loss, parts = value.vm_loss(vm, items, 0.5, PAD, DEV)
     z = [vm(torch.tensor([it['ids']], device=DEV))[0] for task in items for it in task]
     read = [(z[0][1], 0.5), (z[0][2], 1.0), (z[1][1], 0.0), (z[2][2], 0.3)]
@@ -366,6 +369,19 @@ def test_vm_loss_by_hand(vm, enc):
     rank = -torch.log(torch.sigmoid(z[0][2] - z[1][1]))  # one pair: the same task, rewards 1 > 0
     assert parts['mse'] == pytest.approx(mse.item(), rel=1e-5) and parts['rank'] == pytest.approx(rank.item(), rel=1e-5)
     assert loss.item() == pytest.approx((mse + 0.5 * rank).item(), rel=1e-5)
+
+
+def test_value_model_reading_log_probs_starts_at_the_running_mean_log_prob(policy, enc):
+    vm = ValueModel.from_policy(policy, reads_logp=True)
+    prompt, sol = TASKS[0]['prompt'], TASKS[0]['solution']
+    ids, start = value.encode_state(enc, prompt, sol, True, 96)
+    z = vm(torch.tensor([ids], device=DEV), torch.tensor([start], device=DEV))[0]
+    lp = policy.logprobs(torch.tensor([ids], device=DEV))[0]  # lp[t - 1] = log pi(ids[t] | ids[:t])
+    for t in range(start, len(ids)):  # a fresh head reads 0: z is the mean log-prob of the solution so far
+        assert z[t].item() == pytest.approx(lp[start - 1:t].mean().item(), abs=1e-5)
+    assert not any(p.requires_grad for p in vm.policy.parameters())  # the policy copy stays frozen
+    z.sum().backward()
+    assert vm.logp_scale.grad is not None and vm.logp_in.grad is not None
 
 
 def synthetic_records():
@@ -384,8 +400,11 @@ def synthetic_dev():
     return dict(tasks=tasks, pool=pool, passed=[[False, True] for _ in tasks])
 
 
-def test_train_value_model_keeps_the_best_dev_auc_resumes_and_orm_reads_programs_only(policy, enc, tmp_path):
-    cfg, records, dev = make_cfg(vm_iters=40, vm_eval_interval=10, vm_lr=3e-3), synthetic_records(), synthetic_dev()
+@pytest.mark.parametrize('reads_logp', [False, True])
+def test_train_value_model_keeps_the_best_dev_auc_resumes_and_orm_reads_programs_only(policy, enc, tmp_path,
+                                                                                      reads_logp):
+    cfg = make_cfg(vm_iters=40, vm_eval_interval=10, vm_lr=3e-3, vm_reads_logp=reads_logp)
+    records, dev = synthetic_records(), synthetic_dev()
     full = value.train_value_model(cfg, policy, enc, records, dev, str(tmp_path / 'full.pt'), DEV, log=lambda *a: None)
     history = torch.load(tmp_path / 'full.pt', weights_only=False)['history']
     assert [h['iter'] for h in history] == [10, 20, 30, 40] and full['iters_trained'] == 40
@@ -393,6 +412,7 @@ def test_train_value_model_keeps_the_best_dev_auc_resumes_and_orm_reads_programs
     assert full['iter'] == best['iter'] and full['dev_within_task_auc'] == 1.0  # the right program ranks first
     # the kept weights rank the dev pool as recorded (an independent read of the saved model)
     vm = value.load_value_model(str(tmp_path / 'full.pt'), DEV)
+    assert vm.reads_logp == reads_logp
     scores = value.program_scores(vm, enc, dev['tasks'], dev['pool'])
     assert value.within_task_auc(scores, dev['passed']) == full['dev_within_task_auc']
     # interrupted after the first checkpoint, then resumed: the same run as the uninterrupted one
@@ -457,7 +477,7 @@ def test_vm_mcts_answer_is_the_best_scored_complete_program(policy, enc):
             self.gpt = policy
             self.target = enc.encode_ordinary(TASKS[0]['prompt'] + target) + [EOT]
 
-        def forward(self, idx):  # logit 5 at the end of the target program, else -1
+        def forward(self, idx, start=None):  # logit 5 at the end of the target program, else -1
             out = torch.full(idx.shape, -1.0, device=idx.device)
             n = len(self.target)
             if idx.size(1) >= n:
