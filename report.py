@@ -37,6 +37,10 @@ def decode_ns(decode):
     return sorted({int(n) for per in decode.values() for n in per if int(n)})
 
 
+def figure(v):
+    return '-' if v is None or v != v else f'{v:.3f}'  # None (no mixed task) and NaN print as '-'
+
+
 def fmt(m, se):
     return f"{m:.3f} ± {se:.3f}" if se else f"{m:.3f}"
 
@@ -82,9 +86,8 @@ def ranking_table(ranking):
     lines = ['| scorer | within-task AUC | Pearson | ' + ' | '.join(f'best of {k}' for k in ks) + ' |',
              '|---' * (len(ks) + 3) + '|']
     for name, r in ranking.items():
-        cell = lambda v: '-' if v is None else f'{v:.3f}'  # noqa: E731
-        lines.append(f"| {name} | {cell(r.get('within_task_auc'))} | {cell(r.get('pearson'))} | "
-                     + ' | '.join(cell(r.get(f'pick_of_{k}')) for k in ks) + ' |')
+        lines.append(f"| {name} | {figure(r.get('within_task_auc'))} | {figure(r.get('pearson'))} | "
+                     + ' | '.join(figure(r.get(f'pick_of_{k}')) for k in ks) + ' |')
     return '\n'.join(lines)
 
 
@@ -193,8 +196,8 @@ def write_report(results, out_dir):
         if 'iter' in results.get(name, {}):
             v = results[name]
             parts.append(f"## {name.upper()}\n\nKept step {v['iter']} of {v.get('iters_trained')}: the best "
-                         f"within-task AUC on the dev pool, {v['dev_within_task_auc']:.3f} (best of 16: "
-                         f"{v.get('dev_pick_of_16', float('nan')):.3f}; Pearson {v['dev_pearson']:.3f}).\n")
+                         f"within-task AUC on the dev pool, {figure(v['dev_within_task_auc'])} (best of 16: "
+                         f"{figure(v.get('dev_pick_of_16'))}; Pearson {figure(v['dev_pearson'])}).\n")
     if results.get('ranking'):
         parts.append("## Ranking a task's own samples (test pools)\n\n" + ranking_table(results['ranking']) + '\n')
     if results.get('decode'):

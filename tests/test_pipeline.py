@@ -35,15 +35,18 @@ def test_smoke_config_runs_every_stage_and_resumes(tmp_path, capsys):
         assert [h['optimizer_steps'] for h in run['history']] == [0, 1, 2]
         assert [('test_pass1' in h) for h in run['history']] == [True, False, True]
         assert run['history'][0]['tokens_sampled'] == 0 < run['history'][1]['tokens_sampled']
-    for m in ('greedy', 'bon_orm', 'prm', 'prm_last', 'orm_mcts', 'vm_mcts'):
+    for m in ('greedy', 'one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min', 'orm_mcts', 'vm_mcts'):
         assert m in results['decode'], m
-        for budget, v in results['decode'][m].items():
+        for n, v in results['decode'][m].items():
             assert 0.0 <= v['pass1'] <= 1.0 and v['pass1_se'] >= 0 and v['seeds'] == (1 if m == 'greedy' else 2)
-            assert budget == '0' or v['tokens'] <= int(budget)  # a method never spends more than its budget
+            assert n == '0' or v['samples'] == (1 if m == 'one_sample' else int(n))  # N complete samples, no more
             assert all(0.0 <= p <= 1.0 for p in v['by_difficulty'].values())
     report = (tmp_path / 'report.md').read_text()
-    assert '| rest_grpo | 2 |' in report and '| vm_mcts |' in report
-    assert results['mcts']['pairs'] > 0 and 0.0 <= results['vm']['val_mse'] <= 1.0
+    assert '| rest_grpo | 2 |' in report and '| vm_mcts |' in report and '| likelihood |' in report
+    assert results['mcts']['programs'] == 8 * 10 and results['mcts']['tasks'] == 8  # smoke: 8 tasks x 10 samples
+    for name in ('vm', 'orm'):
+        assert 0.0 <= results[name]['dev_pearson'] <= 1.0 or results[name]['dev_pearson'] != results[name]['dev_pearson']
+        assert 'test_within_task_auc' in results[name]
     assert results['config']['n_layer'] == 2 and results['device'] == 'cpu' and results['wall_seconds'] > 0
 
     capsys.readouterr()
