@@ -187,6 +187,12 @@ def write_report(results, out_dir):
                      f"{cfg.get('rl_reward')} reward, problems of at least {cfg.get('rl_min_difficulty')} steps. "
                      f"Test pass@1 greedy, and sampled ({cfg.get('eval_samples')} programs per task at "
                      f"{cfg.get('eval_temperature')}).\n\n" + rl_table(train) + '\n')
+        split = [f"{m} {figure(r['effective_by_source']['fresh'])} / {figure(r['effective_by_source']['prefix'])} "
+                 f"({figure(r['effective_by_source']['prefix_share'])})" for m, r in train.items()
+                 if r.get('effective_by_source', {}).get('fresh') is not None]
+        if split:
+            parts.append("Effective groups of fresh problems / of prefix states (the prefix states' share of the "
+                         "trained groups): " + "; ".join(split) + ".\n")
         pairs = [(a, b) for a, b in (('rest_grpo', 'grpo'), ('grpo', 'rest_dpo'), ('rest_grpo', 'rest_dpo'))
                  if a in train and b in train and paired_difference(train, a, b)]
         if pairs:

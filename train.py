@@ -333,6 +333,22 @@ HISTORY_KEYS = ('iter', 'optimizer_steps', 'tokens_sampled', 'wall_total', 'rewa
                 'test_by_difficulty')
 
 
+def effective_by_source(runs):
+    """The effective-group fraction (groups whose rewards vary) of fresh problems and of prefix states, pooled
+    over every iteration and seed, and the prefix states' share of the trained groups: a prefix of a program
+    that passed is easier than its problem, so its group is more often all-pass."""
+    fresh, every = [0, 0], [0, 0]  # [effective, all]
+    for h in runs.values():
+        for r in h[1:]:
+            if 'effective_groups_by_difficulty' in r:
+                for eff, n in r['effective_groups_by_difficulty'].values():
+                    fresh = [fresh[0] + eff, fresh[1] + n]
+                every = [every[0] + round(r['effective_group_frac'] * r['items']), every[1] + r['items']]
+    prefix = [every[0] - fresh[0], every[1] - fresh[1]]
+    share = lambda c: c[0] / c[1] if c[1] else None  # noqa: E731
+    return dict(fresh=share(fresh), prefix=share(prefix), prefix_share=share([prefix[1], every[1]]))
+
+
 def rl_summary(runs):
     """results.json's train.<method>: test pass@1 of the starting model and at the end (greedy, and sampled at
     eval_temperature), mean and SE over seeds; the effective-group fraction per iteration averaged over seeds;
@@ -349,6 +365,7 @@ def rl_summary(runs):
     out['effective_group_frac'] = [report.mean_se([e[i] for e in effs if i < len(e)])[0]
                                    for i in range(max(map(len, effs)))]
     out['by_difficulty'] = {d: report.mean_se([r['by_difficulty'][d] for r in rs])[0] for d in rs[0]['by_difficulty']}
+    out['effective_by_source'] = effective_by_source(runs)
     last = [run['history'][-1] for run in rs]
     for key in ('optimizer_steps', 'tokens_sampled', 'wall_total'):
         out[key] = report.mean_se([h[key] for h in last])[0]

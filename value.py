@@ -155,8 +155,7 @@ def training_items(records, enc, block_size, target, only_complete=False):
     """Per task its programs as training items: ids, the positions read (each line end of `steps`, then the
     program's last token) and their targets ('partial': mean fraction of tests passed, 'binary': pass rate).
     The ORM (only_complete) reads the program's end only."""
-    newline, col = enc.encode_single_token('\n'), 1 if target == 'partial' else 2
-    tasks = {}
+    newline, tasks = enc.encode_single_token('\n'), {}
     for r in records:
         if only_complete and not r['complete']:
             continue
@@ -165,11 +164,11 @@ def training_items(records, enc, block_size, target, only_complete=False):
         shift = len(prompt) + len(sol) + r['complete'] - len(ids)  # tokens cut from the front
         lines = [len(prompt) + j - shift for j, tok in enumerate(sol) if tok == newline]  # the k-th '\n' token
         pos, tgt = [], []
-        for cut, *values in ([] if only_complete else r['steps']):
+        for cut, v, v_binary, _ in ([] if only_complete else r['steps']):
             k = r['solution'].count('\n', 0, cut) - 1  # this line end is the solution's k-th newline
-            if lines[k] >= 0:
+            if lines[k] >= 0:  # not cut off the front
                 pos.append(lines[k])
-                tgt.append(values[col - 1])
+                tgt.append(v if target == 'partial' else v_binary)
         final = r['value'] if target == 'partial' else r['value_binary']
         tasks.setdefault(r['task_id'], []).append(dict(ids=ids, start=max(0, len(prompt) - shift),
                                                        pos=pos + [len(ids) - 1], tgt=tgt + [final], reward=r['value']))

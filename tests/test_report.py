@@ -74,3 +74,15 @@ def test_report_with_matplotlib_has_plots(tmp_path):
     text = open(report.write_report(fake_results(), str(tmp_path))).read()
     assert '![rl.png](rl.png)' in text and '![decode.png](decode.png)' in text
     assert (tmp_path / 'rl.png').stat().st_size > 10_000 and (tmp_path / 'decode.png').stat().st_size > 10_000
+
+
+def test_effective_groups_split_into_fresh_problems_and_prefix_states():
+    # iteration 1: 4 groups, 3 vary; its 2 fresh problems both vary, so 1 of its 2 prefix states does
+    # iteration 2: 4 groups, 2 vary; 1 of its 2 fresh problems varies, so 1 of its 2 prefix states does
+    start = dict(iter=0)
+    r1 = dict(iter=1, items=4, effective_group_frac=0.75, effective_groups_by_difficulty={1: [2, 2]})
+    r2 = dict(iter=2, items=4, effective_group_frac=0.5, effective_groups_by_difficulty={1: [1, 1], 2: [0, 1]})
+    got = train.effective_by_source({1: [start, r1, r2]})
+    assert got == dict(fresh=3 / 4, prefix=2 / 4, prefix_share=4 / 8)
+    dpo = dict(iter=1, items=4, kl=0.1)  # ReST-DPO samples no groups of its own
+    assert train.effective_by_source({1: [start, dpo]}) == dict(fresh=None, prefix=None, prefix_share=None)
