@@ -27,23 +27,17 @@ import value
 from mcts import Tree, best_sample, policy_expander, run_search, sample_groups
 from report import mean_se
 
-BEST_OF_N = ('one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min')
+BEST_OF_N = {'one_sample': None, 'likelihood_bon': 'likelihood', 'orm_bon': 'orm', 'vm_bon': 'vm',
+             'prm_min': 'prm_min'}  # method -> the scores it picks by (one_sample: none, the first sample)
 SEARCHES = ('orm_mcts', 'vm_mcts')
-METHODS = ('greedy',) + BEST_OF_N + SEARCHES
-SCORERS = ('likelihood', 'orm', 'vm', 'prm_min')  # what the rankers read; one_sample reads nothing
+METHODS = ('greedy', *BEST_OF_N, *SEARCHES)
 
 
-@torch.no_grad()
 def line_min_scores(vm, enc, tasks, pool):
     """PRM-style: per sample the VM's least value over its line ends and its last token (per task a list)."""
-    newline, block = enc.encode_single_token('\n'), vm.gpt.config.block_size
-    flat = [(t, d) for t, draws in zip(tasks, pool) for d in draws]
-    seqs, starts = [], []
-    for t, d in flat:
-        p = enc.encode_ordinary(t['prompt'])
-        s = enc.encode_ordinary(d.text) + ([enc.eot_token] if d.complete else [])
-        seqs.append((p + s)[-block:])
-        starts.append(max(len(p) - max(len(p) + len(s) - block, 0), 0))  # where the solution starts after cropping
+    newline = enc.encode_single_token('\n')
+    seqs, starts = zip(*[value.encode_state(enc, t['prompt'], d.text, d.complete, vm.gpt.config.block_size)
+                         for t, draws in zip(tasks, pool) for d in draws])
     vals, idx, lengths = value.values_at_positions(vm.eval(), seqs, starts, T.pad_id(enc))
     pos = torch.arange(idx.size(1), device=idx.device)[None, :]  # (1, T)
     last = pos == lengths[:, None] - 1
@@ -51,12 +45,6 @@ def line_min_scores(vm, enc, tasks, pool):
                 & (pos < lengths[:, None])) | last  # (N, T)
     mins = iter(vals.masked_fill(~step_end, float('inf')).min(1).values.tolist())  # min over steps of V(prefix)
     return [[next(mins) for _ in draws] for draws in pool]
-
-
-def pick(draws, scores, n):
-    """Index of the chosen one of the first n draws: the highest-scored complete program (a cut one only if
-    none is complete; the first on ties). Reads no test result."""
-    return max(range(min(n, len(draws))), key=lambda i: (draws[i].complete, scores[i]))
 
 
 def greedy_answers(cfg, policy, enc, tasks):
@@ -97,16 +85,19 @@ def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
     scores = dict(likelihood=[[d.logp for d in draws] for draws in pool],
                   orm=value.program_scores(orm, enc, tasks, pool), vm=value.program_scores(vm, enc, tasks, pool),
                   prm_min=line_min_scores(vm, enc, tasks, pool))
-    first = [[0.0] * len(draws) for draws in pool]  # one_sample: all scores equal, so the first is picked
+    complete = [[d.complete for d in draws] for draws in pool]
     for n in ns:
-        for method, s in zip(BEST_OF_N, [first] + [scores[k] for k in SCORERS]):
-            k = 1 if method == 'one_sample' else n  # one sample spends one, whatever the budget
-            picks = [pick(draws, sc, k) for draws, sc in zip(pool, s)]
-            record(method, n, seed, [draws[i].text for draws, i in zip(pool, picks)],
+        for method, scorer in BEST_OF_N.items():
+            k = 1 if scorer is None else n  # one sample spends one, whatever the budget
+            chosen = [value.pick(scores[scorer][i] if scorer else [0.0] * len(d), k, complete[i])
+                      for i, d in enumerate(pool)]
+            record(method, n, seed, ['' if c is None else d[c].text for d, c in zip(pool, chosen)],
                    [min(k, len(d)) for d in pool], [sum(x.tokens for x in d[:k]) for d in pool], t_pool * k / max(ns))
     passed = value.grade_pool(tasks, pool)  # for the ranking figures, after every pick was made
+    has = [i for i, draws in enumerate(pool) if draws]  # a prompt that fills the context has no samples
     k_all = [k for k in (1, 4, 16, 32) if k <= max(ns)]
-    figures = {name: value.ranking(s, passed, k_all) for name, s in scores.items()}
+    figures = {name: value.ranking([s[i] for i in has], [passed[i] for i in has], k_all, [complete[i] for i in has])
+               for name, s in scores.items()}
     figures['random'] = {f'pick_of_{k}': value.random_of_k(passed, k) for k in k_all}
     figures['oracle'] = {f'pick_of_{k}': value.oracle_of_k(passed, k) for k in k_all}
     for n in ns:
@@ -124,7 +115,8 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
     tasks = T.spread(test_tasks, cfg.decode_tasks)
     ns = [int(n) for n in str(cfg.decode_samples).split(',')]
     rows = []
-    policy.eval(), vm.eval(), orm.eval()
+    for model in (policy, vm, orm):
+        model.eval()
 
     def record(method, n, seed, answers, samples, tokens, secs):
         passed = grade(tasks, answers)
@@ -202,10 +194,12 @@ def main(argv):
     ks = [k for k in (1, 4, 16) if k <= args.n]
     print(f"{name} on {len(tasks)} {cfg.eval_split} tasks: greedy pass@1 {sum(greedy) / len(tasks):.3f}; "
           f"{args.n} samples each at temperature {cfg.decode_temperature}")
-    print('  '.join(f"random of {k} {value.random_of_k(passed, k):.3f}, oracle of {k} {value.oracle_of_k(passed, k):.3f}"
+    print('  '.join(f"random of {k} {value.random_of_k(passed, k):.3f}, "
+                    f"oracle of {k} {value.oracle_of_k(passed, k):.3f}"
                     for k in ks))
+    complete = [[d.complete for d in draws] for draws in pool]
     for scorer, s in scores.items():
-        print(f"{scorer}: " + ', '.join(f"{k} {v:.3f}" for k, v in value.ranking(s, passed, ks).items()))
+        print(f"{scorer}: " + ', '.join(f"{k} {v:.3f}" for k, v in value.ranking(s, passed, ks, complete).items()))
 
 
 if __name__ == '__main__':

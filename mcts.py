@@ -12,11 +12,13 @@ One iteration on one tree:
           selected: revisiting it would cost nothing and stall the search; its parent is expanded again)
   expand  sample k = min(num_sample, samples left) complete programs from the node and score them
   value   a child counts once per sample through it (a line drawn 3 times in 5 gets 3 visits), each time with
-          the score of that sample (tests, ORM: they judge complete programs) or the VM's value of the
-          child's own state (VM-MCTS, as the official PRM-style search)
+          the score of that sample (tests, ORM: they judge whole samples, never a partial state) or the
+          VM's value of the child's own state (VM-MCTS, as the official PRM-style search)
   backup  the node and its ancestors gain k visits and the sum of those k values
 Searches for many tasks run in lock-step: one policy call expands one leaf of every tree, and one scorer
-call scores all their new samples (and children).
+call scores all their new samples (and children). Simplifications: a line's node is complete if the first
+sample to draw it ended there (as officially: later draws of the line join that node); and a node whose
+samples all end at once (an empty continuation) gets no child and is simply drawn from again.
 """
 import json
 import math
@@ -57,12 +59,14 @@ class Sample:
 
 
 class Node:
-    """A partial solution of whole lines; a terminal node is a complete program (never expanded)."""
+    """A partial solution of whole lines. Selection never enters a complete program (the policy ended it with
+    this line) or a dead end (no room left in the context to continue it)."""
 
-    def __init__(self, text='', line='', terminal=False):
+    def __init__(self, text='', line='', complete=False):
         self.text = text            # the solution so far (without the task prompt)
         self.line = line            # the step that led here from the parent
-        self.terminal = terminal
+        self.complete = complete    # the first sample to draw this line ended the program with it
+        self.dead_end = False
         self.state_value = None     # the VM's value of this state (VM-MCTS only)
         self.visit_count = 0
         self.value_sum = 0.0
@@ -95,7 +99,7 @@ def uct(parent, child, c, eps):
 def select(root, c, eps):
     """Walk down the best-UCT selectable children to the node to expand; returns the path root..node."""
     node, path = root, [root]
-    while choices := [ch for ch in node.kept if not ch.terminal]:
+    while choices := [ch for ch in node.kept if not (ch.complete or ch.dead_end)]:
         parent = node
         node = max(choices, key=lambda ch: uct(parent, ch, c, eps))  # ties: the first
         path.append(node)
@@ -109,7 +113,7 @@ def backup(path, value_sum, visits):
 
 
 def first_line(text, complete):
-    """(line, terminal) of a continuation: its first whole line, terminal when the program ends with it;
+    """(line, complete) of a continuation: its first whole line, complete when the program ends with it;
     (None, False) for a fragment cut before its first line ended."""
     cut = text.find('\n') + 1
     if cut == 0:
@@ -123,11 +127,11 @@ def grow(tree, leaf, draws):
     out, new = [], []
     for d in draws:
         sample = Sample(leaf.text + d.text, leaf.text, d.complete, d.tokens, d.logp)
-        line, terminal = first_line(d.text, d.complete)
+        line, complete = first_line(d.text, d.complete)
         child = None
         if line is not None:
             if line not in leaf.children:
-                leaf.children[line] = Node(leaf.text + line, line, terminal)
+                leaf.children[line] = Node(leaf.text + line, line, complete)  # later draws of it join it
                 new.append(leaf.children[line])
             child = leaf.children[line]
         tree.samples.append(sample)
@@ -152,7 +156,7 @@ def run_search(trees, expand, score, num_sample=5, num_decision=None, c=0.2, eps
         grown = [grow(t, p[-1], d) for t, p, d in zip(active, paths, draws)]
         jobs = [(t.task, s.text, s.complete) for t, (pairs, _) in zip(active, grown) for s, _ in pairs]
         if value_states:
-            jobs += [(t.task, ch.text, ch.terminal) for t, (_, new) in zip(active, grown) for ch in new]
+            jobs += [(t.task, ch.text, ch.complete) for t, (_, new) in zip(active, grown) for ch in new]
         scores = iter(score(jobs) if jobs else [])
         for pairs, _ in grown:
             for sample, _ in pairs:
@@ -163,8 +167,9 @@ def run_search(trees, expand, score, num_sample=5, num_decision=None, c=0.2, eps
         for tree, path, (pairs, _) in zip(active, paths, grown):
             leaf = path[-1]
             if not pairs:  # no room left in the context: a dead end; at the root the search is over
-                leaf.terminal = True
-                tree.budget = len(tree.samples) if leaf is tree.root else tree.budget
+                leaf.dead_end = True
+                if leaf is tree.root:
+                    tree.budget = len(tree.samples)
                 continue
             values = [child.state_value if value_states and child else sample.score for sample, child in pairs]
             for (_, child), v in zip(pairs, values):
@@ -173,7 +178,7 @@ def run_search(trees, expand, score, num_sample=5, num_decision=None, c=0.2, eps
                     child.value_sum += v
             backup(path, sum(values), len(values))
             ranked = sorted(leaf.children.values(), key=Node.value, reverse=True)  # stable: ties by order drawn
-            leaf.kept = ranked[:num_decision] if num_decision else ranked
+            leaf.kept = ranked[:num_decision] if num_decision else ranked  # complete ones too, as officially
     return trees
 
 
@@ -189,7 +194,7 @@ def format_tree(root, label='ROOT'):
         node, head, tail = stack.pop()
         name = label if node is root else repr(node.line)
         vm = '' if node.state_value is None else f' VM={node.state_value:.3f}'
-        tag = ' [complete]' if node.terminal and node is not root else ''
+        tag = ' [complete]' if node.complete else ' [dead end]' if node.dead_end else ''
         out.append(f'{head}{name}  N={node.visit_count} V={node.value():.3f}{vm}{tag}')
         kids = list(node.children.values())
         for i in reversed(range(len(kids))):
@@ -203,17 +208,19 @@ def value_targets(tree):
     state it was drawn from on, the mean reward of every sample through that prefix drawn there or above: an
     on-policy Monte-Carlo estimate of V(prefix), duplicates counted (samples drawn below the prefix are left
     out: the search chose where to draw them, so they are not the policy's own continuations of it)."""
-    through = {}  # prefix -> [sum of rewards, sum of passes, samples]
-    ends = [[i + 1 for i, ch in enumerate(s.text) if ch == '\n' and i + 1 >= len(s.at)] for s in tree.samples]
-    for s, cuts in zip(tree.samples, ends):
-        for cut in cuts:
-            acc = through.setdefault(s.text[:cut], [0.0, 0, 0])
-            acc[0], acc[1], acc[2] = acc[0] + s.score, acc[1] + (s.score == 1.0), acc[2] + 1
+    def line_ends(s):
+        return [i + 1 for i, ch in enumerate(s.text) if ch == '\n' and i + 1 >= len(s.at)]
+    through = {}  # prefix -> the samples through it, drawn at it or above
+    for s in tree.samples:
+        for end in line_ends(s):
+            through.setdefault(s.text[:end], []).append(s.score)
+
+    def step(s, end):
+        scores = through[s.text[:end]]
+        return dict(end=end, value=sum(scores) / len(scores), value_binary=sum(x == 1.0 for x in scores) / len(scores),
+                    n=len(scores))
     return [dict(solution=s.text, complete=s.complete, value=s.score, value_binary=float(s.score == 1.0),
-                 steps=[[cut, through[s.text[:cut]][0] / through[s.text[:cut]][2],
-                         through[s.text[:cut]][1] / through[s.text[:cut]][2], through[s.text[:cut]][2]]
-                        for cut in cuts])
-            for s, cuts in zip(tree.samples, ends)]
+                 steps=[step(s, end) for end in line_ends(s)]) for s in tree.samples]
 
 
 # -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ The policy and the value model: a small GPT in the style of nanoGPT, plus what R
 - ValueModel: the same trunk with a scalar sigmoid head, for the value model (VM) and the ORM.
 """
 
+import hashlib
 import inspect
 import math
 import os
@@ -375,6 +376,14 @@ class ValueModel(nn.Module):
             mean_lp = lp.cumsum(1) / solution.cumsum(1).clamp(min=1)  # the running mean over the solution so far
         z = self.head(self.gpt.hidden(idx, extra=lp[..., None] * self.logp_in)).squeeze(-1).float()
         return z + self.logp_scale * mean_lp
+
+
+def weights_digest(model):
+    """A short hash of a model's weights: names a result computed from exactly these weights."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(obj, path):

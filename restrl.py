@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import sandbox
 import tasks as T
-from model import save_checkpoint
+from model import save_checkpoint, weights_digest
 
 METHODS = {  # where a method's training items come from, and its loss
     'rest_grpo': dict(filtered=True, prefixes=True, loss='grpo'),
@@ -410,12 +410,9 @@ RESUME_FREE = ('rl_iters', 'rl_eval_interval', 'rl_test_interval', 'rl_micro_bat
 def start_eval_path(policy, cfg, with_test, path):
     """Where the starting policy's evaluation is kept, beside the run's checkpoint: the name hashes the weights and
     every setting the evaluation reads, so a file is reused only for the very same evaluation."""
-    h = hashlib.sha1()
-    for name, tensor in sorted(policy.state_dict().items()):
-        h.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
     keys = ('seed', 'eval_split', 'eval_tasks', 'final_eval_tasks', 'max_new_tokens', 'eval_temperature',
             'eval_samples', 'data_dir')
-    h.update(repr([getattr(cfg, k, None) for k in keys] + [with_test]).encode())
+    h = hashlib.sha1((weights_digest(policy) + repr([getattr(cfg, k, None) for k in keys] + [with_test])).encode())
     return os.path.join(os.path.dirname(path) or '.', f'rl_start_{h.hexdigest()[:16]}.pt')
 
 

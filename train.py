@@ -173,6 +173,9 @@ def configure(argv, defaults=DEFAULTS):
     if not all(n.strip().isdigit() and int(n) > 0 for n in config['decode_samples'].split(',')):
         raise ConfigError(f"key 'decode_samples' must be positive sample counts such as '1,4,16'; "
                           f"got '{config['decode_samples']}'")
+    if config['vm_iters'] < 1 or config['vm_eval_interval'] < 1:
+        raise ConfigError(f"keys 'vm_iters' and 'vm_eval_interval' must be at least 1; got {config['vm_iters']} and "
+                          f"{config['vm_eval_interval']}")
     if config['vm_target'] not in ('partial', 'binary'):
         raise ConfigError(f"key 'vm_target' must be 'partial' or 'binary'; got '{config['vm_target']}'")
     if not set(config['method'].split(',')) <= {'rest_grpo', 'grpo', 'rest_dpo'}:
@@ -444,8 +447,9 @@ def main(argv):
         dev = value.dev_pool(cfg, policy, enc, splits[cfg.eval_split], os.path.join(cfg.out_dir, 'vm_dev_pool.pt'),
                              cfg.device)
         for name in ('vm', 'orm'):
-            results[name] = value.train_value_model(cfg, policy, enc, records, dev, os.path.join(cfg.out_dir, f'{name}.pt'),
-                                                    cfg.device, only_complete=name == 'orm')
+            path = os.path.join(cfg.out_dir, f'{name}.pt')
+            results[name] = value.train_value_model(cfg, policy, enc, records, dev, path, cfg.device,
+                                                    only_complete=name == 'orm')
     if 'decode' in todo:
         path = os.path.join(cfg.out_dir, 'decode.json')
         if os.path.exists(path):
@@ -455,8 +459,8 @@ def main(argv):
             vm, orm = (value.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
             out = json.loads(json.dumps(decode.decode_compare(cfg, policy, vm, orm, enc, splits['test'], cfg.device)))
             report.write_atomic(path, json.dumps(out, indent=1))
-        results['decode'] = {m: {n: {k: v[k] for k in ('pass1', 'pass1_se', 'samples', 'tokens', 'seeds', 'by_difficulty')}
-                                 for n, v in per.items()} for m, per in out['summary'].items()}
+        keep = ('pass1', 'pass1_se', 'samples', 'tokens', 'seeds', 'by_difficulty')
+        results['decode'] = {m: {n: {k: v[k] for k in keep} for n, v in per.items()} for m, per in out['summary'].items()}
         results['ranking'] = out['ranking']  # on the test pools: AUC, Pearson, pick of k (random and oracle beside)
         for name in ('vm', 'orm'):
             results.setdefault(name, {})['test_within_task_auc'] = out['ranking'][name]['within_task_auc']

@@ -66,6 +66,8 @@ def state_values(vm, seqs, starts, pad_id):
 def value_scorer(vm, enc):
     """score(jobs) for decoding searches (mcts.run_search): V(prompt + text [+ end token]) in one VM pass."""
     def score(jobs):
+        if not jobs:
+            return []
         seqs, starts = zip(*[encode_state(enc, task['prompt'], text, complete, vm.gpt.config.block_size)
                              for task, text, complete in jobs])
         return state_values(vm, seqs, starts, T.pad_id(enc)).tolist()
@@ -96,10 +98,17 @@ def within_task_auc(scores, passed):
     return wins / pairs if pairs else None
 
 
-def pick_of_k(scores, passed, k):
-    """Best-of-k by a scorer: the mean over tasks of whether the highest-scored of its first k samples
-    passes (ties: the first). With random scores its expectation is random_of_k."""
-    return sum(p[max(range(k), key=lambda i: s[i])] for s, p in zip(scores, passed)) / len(scores)
+def pick(scores, k, complete=None):
+    """Index of the chosen one of the first k samples: the highest-scored complete program (a cut one only if
+    none is complete; the first on ties); None when there is no sample. Reads no test result."""
+    complete = complete or [True] * len(scores)
+    return max(range(min(k, len(scores))), key=lambda i: (complete[i], scores[i]), default=None)
+
+
+def pick_of_k(scores, passed, k, complete=None):
+    """Best-of-k by a scorer: the mean over tasks of whether its pick among the first k samples passes.
+    With random scores its expectation is random_of_k."""
+    return sum(p[pick(s, k, c)] for s, p, c in zip(scores, passed, complete or [None] * len(scores))) / len(scores)
 
 
 def random_of_k(passed, k):
@@ -117,11 +126,12 @@ def pearson(scores, passed):
     return torch.corrcoef(torch.stack([x, y]))[0, 1].item() if len(x) > 1 and x.std() > 0 else float('nan')
 
 
-def ranking(scores, passed, ks=(1, 4, 16)):
-    """A scorer's ranking figures on a pool: within-task AUC, Pearson, and best-of-k pass@1 for each k."""
+def ranking(scores, passed, ks=(1, 4, 16), complete=None):
+    """A scorer's ranking figures on a pool: within-task AUC, Pearson, and best-of-k pass@1 for each k (picking
+    as decoding does, complete programs first)."""
     out = dict(within_task_auc=within_task_auc(scores, passed), pearson=pearson(scores, passed))
     for k in (k for k in ks if k <= min(map(len, passed))):
-        out[f'pick_of_{k}'] = pick_of_k(scores, passed, k)
+        out[f'pick_of_{k}'] = pick_of_k(scores, passed, k, complete)
     return out
 
 
@@ -154,7 +164,7 @@ def program_scores(vm, enc, tasks, pool):
 def training_items(records, enc, block_size, target, only_complete=False):
     """Per task its programs as training items: ids, the positions read (each line end of `steps`, then the
     program's last token) and their targets ('partial': mean fraction of tests passed, 'binary': pass rate).
-    The ORM (only_complete) reads the program's end only."""
+    The ORM (only_complete) reads the program's end only. The ranking loss compares programs by the same target."""
     newline, tasks = enc.encode_single_token('\n'), {}
     for r in records:
         if only_complete and not r['complete']:
@@ -164,14 +174,14 @@ def training_items(records, enc, block_size, target, only_complete=False):
         shift = len(prompt) + len(sol) + r['complete'] - len(ids)  # tokens cut from the front
         lines = [len(prompt) + j - shift for j, tok in enumerate(sol) if tok == newline]  # the k-th '\n' token
         pos, tgt = [], []
-        for cut, v, v_binary, _ in ([] if only_complete else r['steps']):
-            k = r['solution'].count('\n', 0, cut) - 1  # this line end is the solution's k-th newline
+        key = 'value' if target == 'partial' else 'value_binary'
+        for step in [] if only_complete else r['steps']:
+            k = r['solution'].count('\n', 0, step['end']) - 1  # this line end is the solution's k-th newline
             if lines[k] >= 0:  # not cut off the front
                 pos.append(lines[k])
-                tgt.append(v if target == 'partial' else v_binary)
-        final = r['value'] if target == 'partial' else r['value_binary']
+                tgt.append(step[key])
         tasks.setdefault(r['task_id'], []).append(dict(ids=ids, start=max(0, len(prompt) - shift),
-                                                       pos=pos + [len(ids) - 1], tgt=tgt + [final], reward=r['value']))
+                                                       pos=pos + [len(ids) - 1], tgt=tgt + [r[key]], reward=r[key]))
     return list(tasks.values())
 
 
@@ -227,6 +237,12 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
         log(f"{name}: resuming from iteration {it}")
     log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {cfg.vm_target} targets"
         + ('' if only_complete else ' at every line end'))
+    def save(done):  # a finished checkpoint holds the kept step's weights and metrics
+        save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
+                             model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it, config=vars(cfg),
+                             history=history, done=done, metrics=dict(best['metrics'], iters_trained=it)), out_path)
+
+    complete = [[d.complete for d in draws] for draws in dev['pool']]
     while it < cfg.vm_iters:
         vm.train()
         rng = random.Random(cfg.seed * 1_000_003 + it)  # batches depend on (seed, iteration) only
@@ -239,17 +255,14 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
         it += 1
         if it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters:
             scores = program_scores(vm.eval(), enc, dev['tasks'], dev['pool'])
-            metrics = dict(iter=it, loss=loss.item(), **parts, **{f'dev_{k}': v for k, v in
-                                                                 ranking(scores, dev['passed']).items()})
+            metrics = dict(iter=it, loss=loss.item(), **parts,
+                           **{f'dev_{k}': v for k, v in ranking(scores, dev['passed'], complete=complete).items()})
             history.append(metrics)
             if best is None or (metrics['dev_within_task_auc'] or 0) > (best['metrics']['dev_within_task_auc'] or 0):
                 best = dict(metrics=metrics, model={k: v.clone() for k, v in vm.state_dict().items()})
-            done = it == cfg.vm_iters
-            if done:  # the finished checkpoint holds the kept step's weights and metrics
-                vm.load_state_dict(best['model'])
-            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
-                                 model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it, config=vars(cfg), history=history,
-                                 done=done, metrics=dict(best['metrics'], iters_trained=it)), out_path)
-            log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                + (f"; keeping step {best['metrics']['iter']}" if done else ''))
+            save(done=False)
+            log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    vm.load_state_dict(best['model'])
+    save(done=True)
+    log(f"{name}: keeping step {best['metrics']['iter']} of {it} (the best dev within-task AUC)")
     return dict(best['metrics'], iters_trained=it)

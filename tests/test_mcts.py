@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -88,7 +89,7 @@ def test_hand_computed_search():
     expected = {root: (9, 4.9), a: (8, 4.9), b: (1, 0.0), x: (2, 2.0), w: (4, 1.4), q: (2, 0.4), r: (1, 0.8)}
     for node, (n, s) in expected.items():
         assert (node.visit_count, node.value_sum) == (n, pytest.approx(s)), node.text
-    assert x.terminal and q.terminal and r.terminal and not (a.terminal or b.terminal or w.terminal)
+    assert x.complete and q.complete and r.complete and not (a.complete or b.complete or w.complete)
     assert [ch.line for ch in a.kept] == ['x\n', 'w\n'] and [ch.line for ch in w.kept] == ['r\n', 'q\n']
     assert [s[0] for s, _ in policy.calls] == [PROMPT, PROMPT + 'a\n', PROMPT + 'a\nw\n']
     assert [ns for _, ns in policy.calls] == [[3], [3], [3]] and tree.expansions == 3
@@ -115,7 +116,7 @@ def test_terminal_revisits_cannot_stall_a_search():
     run_search([tree], policy, FakeScorer({('x\n', True): 0.7, ('y\n', True): 0.1}), num_sample=3)
     assert [ns for _, ns in policy.calls] == [[3], [3], [3], [1]] and len(tree.samples) == 10
     x = tree.root.children['x\n']
-    assert x.terminal and x.visit_count == 7 and x.value_sum == pytest.approx(4.9)  # 2 + 2 + 2 + 1 samples
+    assert x.complete and x.visit_count == 7 and x.value_sum == pytest.approx(4.9)  # 2 + 2 + 2 + 1 samples
     assert tree.root.visit_count == 10 and tree.root.value_sum == pytest.approx(4.9 + 0.3)
 
 
@@ -135,14 +136,15 @@ def test_vm_search_values_children_by_their_states_and_counts_duplicates():
 def test_dead_end_at_the_root_ends_the_search_and_below_is_never_chosen_again():
     tree = Tree(TASK, 10)
     run_search([tree], FakePolicy({'': []}), FakeScorer({}), num_sample=3)
-    assert tree.samples == [] and tree.budget == 0 and tree.root.terminal
+    assert tree.samples == [] and tree.budget == 0 and tree.root.dead_end
     # 'a\n' leaves no room: a dead end; the next expansion goes to b
     tree, policy = Tree(TASK, 6), FakePolicy({'': [('a\nx', False), ('b\nx\n', True)], 'a\n': [],
                                                 'b\n': [('y\n', True), ('z\n', True)]})
     run_search([tree], policy, FakeScorer({('a\nx', False): 0.9, ('b\nx\n', True): 0.1, ('b\ny\n', True): 0.5,
                                            ('b\nz\n', True): 0.5}), num_sample=2)
     assert [s[0] for s, _ in policy.calls] == [PROMPT, PROMPT + 'a\n', PROMPT + 'b\n', PROMPT + 'b\n']
-    assert tree.root.children['a\n'].terminal and len(tree.samples) == 6
+    assert tree.root.children['a\n'].dead_end and len(tree.samples) == 6
+    assert "'a\\n'  N=1 V=0.900 [dead end]" in format_tree(tree.root)
     assert best_sample(tree).text in ('b\ny\n', 'b\nz\n')  # the cut 'a\nx' scored .9 but is not complete
 
 
@@ -196,12 +198,12 @@ def test_value_targets_against_a_brute_force_count():
             assert (r['solution'], r['complete'], r['value']) == (s.text, s.complete, s.score)
             assert r['value_binary'] == float(s.score == 1.0)
             cuts = [i + 1 for i, ch in enumerate(s.text) if ch == '\n' and i + 1 >= len(s.at)]
-            assert [step[0] for step in r['steps']] == cuts
-            for cut, v, vb, n in r['steps']:
-                prefix = s.text[:cut]  # every sample through this prefix, drawn at it or above it
-                through = [o.score for o in tree.samples if o.text.startswith(prefix) and len(o.at) <= cut]
-                assert n == len(through) and v == pytest.approx(sum(through) / n)
-                assert vb == pytest.approx(sum(x == 1.0 for x in through) / n)
+            assert [step['end'] for step in r['steps']] == cuts
+            for step in r['steps']:
+                prefix = s.text[:step['end']]  # every sample through this prefix, drawn at it or above it
+                through = [o.score for o in tree.samples if o.text.startswith(prefix) and len(o.at) <= step['end']]
+                assert step['n'] == len(through) and step['value'] == pytest.approx(sum(through) / len(through))
+                assert step['value_binary'] == pytest.approx(sum(x == 1.0 for x in through) / len(through))
 
 
 def test_tree_printer_shows_lines_visits_values():
@@ -232,7 +234,8 @@ def make_cfg(**kw):
     cfg = dict(seed=0, device=DEV, max_new_tokens=48, grad_clip=1.0, eval_split='dev',
                mcts_num_sample=3, mcts_num_decision=2, mcts_c_collect=0.2, mcts_c_decode=0.1, mcts_eps=0.1,
                mcts_temperature=1.0, decode_temperature=1.0, mcts_batch_tasks=8, mcts_collect_samples=6,
-               mcts_collect_tasks=0, vm_iters=20, vm_batch_tasks=4, vm_lr=1e-3, vm_rank_coef=1.0, vm_target='partial', vm_reads_logp=False,
+               mcts_collect_tasks=0, vm_iters=20, vm_batch_tasks=4, vm_lr=1e-3, vm_rank_coef=1.0, vm_target='partial',
+               vm_reads_logp=False,
                vm_eval_interval=10, vm_dev_tasks=0, decode_samples='1,4', seeds=1, decode_tasks=0)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
@@ -329,7 +332,7 @@ def test_collect_value_targets_writes_records_and_resumes(policy, enc, tmp_path,
         for r in got:
             assert r['prompt'] == task['prompt'] and 0 <= r['value'] <= 1
             assert r['value'] == sandbox.run(task['prompt'] + r['solution'], task['tests']).reward  # independent run
-            assert all(0 <= v <= 1 and n >= 1 for _, v, _, n in r['steps'])
+            assert all(0 <= step['value'] <= 1 and step['n'] >= 1 for step in r['steps'])
     # resume: a torn last line is cut, finished tasks are not searched again
     path.write_text(path.read_text() + '{"task_id": "b", "sol')
     monkeypatch.setattr(mcts, 'run_search', lambda *a, **k: pytest.fail('searched a finished task again'))
@@ -338,7 +341,8 @@ def test_collect_value_targets_writes_records_and_resumes(policy, enc, tmp_path,
 
 def record(task_id, prompt, solution, reward, steps, complete=True):
     return dict(task_id=task_id, prompt=prompt, solution=solution, complete=complete, value=reward,
-                value_binary=float(reward == 1.0), steps=steps)
+                value_binary=float(reward == 1.0),
+                steps=[dict(end=end, value=v, value_binary=vb, n=n) for end, v, vb, n in steps])
 
 
 def test_training_items_read_each_line_end_and_the_program_end(enc):
@@ -352,10 +356,14 @@ def test_training_items_read_each_line_end_and_the_program_end(enc):
     assert enc.decode(item['ids'][:item['pos'][0] + 1]) == r['prompt'] + sol[:20]  # the first line's end
     assert item['pos'][2] == len(item['ids']) - 1 and item['tgt'] == [0.75, 0.5, 0.5]
     assert value.training_items([r], enc, 96, 'binary')[0][0]['tgt'] == [0.5, 0.0, 0.0]
+    assert value.training_items([r], enc, 96, 'binary')[0][0]['reward'] == 0.0  # ranked by the same target
     assert value.training_items([r], enc, 96, 'partial', only_complete=True)[0][0]['pos'] == [len(item['ids']) - 1]
-    # a long program keeps its tail: positions move with it, and a line end cut off is not read
-    (short,) = value.training_items([r], enc, 30, 'partial')[0]
-    assert short['ids'] == item['ids'][-30:] and short['pos'] == [p - (len(item['ids']) - 30) for p in item['pos']]
+    # a long program keeps its tail: positions move with it, and a line end cut off the front is not read
+    cut = len(item['ids']) - 15
+    (short,) = value.training_items([r], enc, 15, 'partial')[0]
+    assert item['pos'][0] < cut <= item['pos'][1]  # the first line end falls off the front
+    assert short['ids'] == item['ids'][-15:] and short['start'] == 0
+    assert short['pos'] == [p - cut for p in item['pos'][1:]] and short['tgt'] == [0.5, 0.5]
 
 
 def test_vm_loss_by_hand(vm, enc):
@@ -421,8 +429,14 @@ def test_train_value_model_keeps_the_best_dev_auc_resumes_and_orm_reads_programs
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         value.train_value_model(cfg, policy, enc, records, dev, str(tmp_path / 'cut.pt'), DEV, log=stop_at_first_eval)
+    shutil.copy(tmp_path / 'cut.pt', tmp_path / 'lowered.pt')
     resumed = value.train_value_model(cfg, policy, enc, records, dev, str(tmp_path / 'cut.pt'), DEV, log=lambda *a: None)
     assert resumed == pytest.approx(full, rel=1e-4)  # exact on CPU; GPU sums may differ
+    # resumed with vm_iters lowered to the step it stopped at: finished there, with that step's weights
+    short = value.train_value_model(make_cfg(vm_iters=10, vm_eval_interval=10, vm_lr=3e-3, vm_reads_logp=reads_logp),
+                                    policy, enc, records, dev, str(tmp_path / 'lowered.pt'), DEV, log=lambda *a: None)
+    assert short['iter'] == short['iters_trained'] == 10
+    assert torch.load(tmp_path / 'lowered.pt', weights_only=False)['done']
     # ORM: complete programs only, read at their end
     logs = []
     value.train_value_model(cfg, policy, enc, records + [record('0', 'p\n', 'x', 0.0, [], complete=False)], dev,
@@ -431,40 +445,53 @@ def test_train_value_model_keeps_the_best_dev_auc_resumes_and_orm_reads_programs
 
 
 class Spy:
-    """sandbox.run_batch stand-in: every program passes; records every call."""
+    """sandbox.run_batch stand-in with a fixed verdict; records every program it is given, and fails if a search
+    is running (no search may run a test)."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, verdict):
+        self.verdict, self.calls, self.searching = verdict, [], False
 
     def __call__(self, jobs, workers=None, **kw):
-        self.calls.append(jobs)
-        return [sandbox.Result(1, 1, 'ok', '') for _ in jobs]
+        assert not self.searching, 'a test ran inside a search'
+        self.calls.append([program for program, _ in jobs])
+        return [sandbox.Result(int(self.verdict), 1, 'ok', '') for _ in jobs]
+
+
+def run_decoding(policy, vm, enc, monkeypatch, verdict):
+    spy = Spy(verdict)
+    monkeypatch.setattr(sandbox, 'run_batch', spy)
+    monkeypatch.setattr(sandbox, 'run', lambda *a, **k: pytest.fail('sandbox.run called while decoding'))
+    search = mcts.run_search
+
+    def watched(*args, **kw):
+        spy.searching = True
+        try:
+            return search(*args, **kw)
+        finally:
+            spy.searching = False
+    monkeypatch.setattr(decode, 'run_search', watched)
+    cfg = make_cfg(decode_samples='1,4', seeds=2)
+    orm = ValueModel.from_policy(policy).eval()
+    return decode.decode_compare(cfg, policy, vm, orm, enc, TASKS, DEV, log=lambda *a: None), spy
 
 
 def test_decoding_never_runs_hidden_tests_to_choose_and_spends_n_samples(policy, vm, enc, monkeypatch):
-    spy = Spy()
-    monkeypatch.setattr(sandbox, 'run_batch', spy)
-    monkeypatch.setattr(sandbox, 'run', lambda *a, **k: pytest.fail('sandbox.run called while decoding'))
-    # no scorer may see a test: the pool is graded once, after every pick of its seed was made
-    order = []
-    monkeypatch.setattr(decode, 'pick', lambda *a, _pick=decode.pick: order.append('pick') or _pick(*a))
-    grade_pool = value.grade_pool
-    monkeypatch.setattr(value, 'grade_pool', lambda *a: order.append('grade pool') or grade_pool(*a))
-    cfg = make_cfg(decode_samples='1,4', seeds=2)
-    orm = ValueModel.from_policy(policy).eval()
-    results = decode.decode_compare(cfg, policy, vm, orm, enc, TASKS, DEV, log=lambda *a: None)
-    assert order == (['pick'] * (2 * 5 * len(TASKS)) + ['grade pool']) * 2
-    rows = results['rows']
-    assert rows[0]['method'] == 'greedy' and len(rows) == 1 + 2 * 2 * (len(decode.BEST_OF_N) + len(decode.SEARCHES))
-    for jobs in spy.calls:  # the grader gets the task's own prompt and tests, nothing else
-        for program, tests in jobs:
-            task = next(t for t in TASKS if program.startswith(t['prompt']))
-            assert tests == task['tests']
-    for r in rows[1:]:
-        assert r['pass1'] == 1.0 and r['samples'] == (1 if r['method'] == 'one_sample' else r['n'])
-    assert results['summary']['vm_mcts'][4]['seeds'] == 2 and results['summary']['vm_mcts'][4]['samples'] == 4
-    assert set(results['ranking']) == set(decode.SCORERS) | {'random', 'oracle'}
-    assert results['ranking']['oracle']['pick_of_4'] == 1.0
+    passing, spy = run_decoding(policy, vm, enc, monkeypatch, True)
+    failing, again = run_decoding(policy, vm, enc, monkeypatch, False)
+    # the verdicts differ, the programs chosen and graded do not: no choice read a test result
+    assert spy.calls == again.calls
+    # one grading per (method, N, seed) with one program per task, and one of each seed's pool of 4 x 2 tasks
+    methods = len(decode.BEST_OF_N) + len(decode.SEARCHES)
+    assert len(spy.calls) == 1 + 2 * (2 * methods + 1)
+    assert sorted(map(len, spy.calls)) == [len(TASKS)] * (1 + 2 * 2 * methods) + [4 * len(TASKS)] * 2
+    rows = passing['rows']
+    assert rows[0]['method'] == 'greedy' and len(rows) == 1 + 2 * 2 * methods
+    for r, r_fail in zip(rows[1:], failing['rows'][1:]):
+        assert r['pass1'] == 1.0 and r_fail['pass1'] == 0.0
+        assert r['samples'] == (1 if r['method'] == 'one_sample' else r['n'])
+    assert passing['summary']['vm_mcts'][4]['seeds'] == 2 and passing['summary']['vm_mcts'][4]['samples'] == 4
+    assert set(passing['ranking']) == {'likelihood', 'orm', 'vm', 'prm_min', 'random', 'oracle'}
+    assert passing['ranking']['oracle']['pick_of_4'] == 1.0 and failing['ranking']['oracle']['pick_of_4'] == 0.0
 
 
 def test_vm_mcts_answer_is_the_best_scored_complete_program(policy, enc):
@@ -509,6 +536,10 @@ def test_within_task_ranking_metrics_against_brute_force_counts():
     assert value.pick_of_k(scores, passed, 4) == 0.0  # 0.9 (index 1, the first of the tie) fails; 0.7 fails
     assert value.random_of_k(passed, 4) == (3 / 4 + 2 / 4) / 2 and value.oracle_of_k(passed, 2) == 1.0
     assert value.oracle_of_k([[False, False, True]], 2) == 0.0
+    # a pick prefers a complete program, as decoding does; no sample, no pick
+    assert value.pick([0.9, 0.5, 0.7], 3, [False, True, True]) == 2 and value.pick([0.9, 0.5], 2) == 0
+    assert value.pick([0.9, 0.5], 2, [False, False]) == 0 and value.pick([], 4) is None
+    assert value.pick_of_k([[0.9, 0.5]], [[False, True]], 2, [[False, True]]) == 1.0
     # Pearson over all samples, by the textbook formula
     x = [v for s in scores for v in s]
     y = [float(v) for p in passed for v in p]
