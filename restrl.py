@@ -12,7 +12,8 @@ where the items come from and the loss (METHODS):
              (reward >= rl_prefix_min_reward) as new start states; the items are shuffled and trained on once (one
              epoch), G completions each; a new filter round, with the policy as it is then, starts when fewer than
              a batch are left (the official runs two such ReST iterations over its whole data set);
-- rest_dpo:  the (best, worst) pair of the filter round's own samples of each kept problem, DPO loss.
+- rest_dpo:  the (best, worst) pair of the filter round's own samples of each kept problem, DPO loss;
+- rest_grpo_filter: ReST-GRPO without the prefix states (an ablation: what the filter alone does).
 Every sampled token counts in tokens_sampled, the filter rounds' too.
 """
 
@@ -38,6 +39,7 @@ METHODS = {  # where a method's training items come from, and its loss
     'rest_grpo': dict(filtered=True, prefixes=True, loss='grpo'),
     'grpo': dict(filtered=False, prefixes=False, loss='grpo'),
     'rest_dpo': dict(filtered=True, prefixes=False, loss='dpo'),
+    'rest_grpo_filter': dict(filtered=True, prefixes=False, loss='grpo'),  # an ablation: the filter, no prefix states
 }
 
 # -----------------------------------------------------------------------------

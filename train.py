@@ -40,7 +40,7 @@ from model import GPT, GPTConfig, save_checkpoint
 # default config: the whole pipeline in about 25 minutes on 2 CPU cores
 out_dir = 'out'
 stage = 'all'            # all | data | sft | rl | mcts | vm | decode
-method = 'rest_grpo'     # RL method: rest_grpo | grpo | rest_dpo, or several 'rest_grpo,grpo' (the first is kept)
+method = 'rest_grpo'     # RL method (restrl.METHODS), or several 'rest_grpo,grpo': the first is kept
 seed = 1337
 seeds = 1                # runs per RL method and per decoding budget, with seeds seed, seed+1, ... (repro: 3)
 device = 'auto'          # auto picks cuda, then mps, then cpu
@@ -178,8 +178,8 @@ def configure(argv, defaults=DEFAULTS):
                           f"{config['vm_eval_interval']}")
     if config['vm_target'] not in ('partial', 'binary'):
         raise ConfigError(f"key 'vm_target' must be 'partial' or 'binary'; got '{config['vm_target']}'")
-    if not set(config['method'].split(',')) <= {'rest_grpo', 'grpo', 'rest_dpo'}:
-        raise ConfigError(f"key 'method' must be rest_grpo, grpo or rest_dpo (or a comma-separated list of "
+    if not set(config['method'].split(',')) <= set(restrl.METHODS):
+        raise ConfigError(f"key 'method' must be one of {', '.join(restrl.METHODS)} (or a comma-separated list of "
                           f"them); got '{config['method']}'")
     return config
 
