@@ -8,6 +8,7 @@ are reported beside. The methods at each N:
   orm_bon         best-of-N by the ORM
   vm_bon          best-of-N by the VM's value of the complete program (PRM-style 'last')
   prm_min         best-of-N by the VM's least value over the program's line ends (PRM-style 'min')
+  prm_mean        best-of-N by the mean of those values
   orm_mcts        the search (mcts.py), the ORM scoring complete samples only (the official ORM-MCTS)
   vm_mcts         the search, the VM scoring the samples and the children's states (the paper's method)
 greedy (one program at temperature 0) is a reference line. The best-of-N methods share one pool of max(N)
@@ -28,13 +29,14 @@ from mcts import Tree, best_sample, policy_expander, run_search, sample_groups
 from report import mean_se
 
 BEST_OF_N = {'one_sample': None, 'likelihood_bon': 'likelihood', 'orm_bon': 'orm', 'vm_bon': 'vm',
-             'prm_min': 'prm_min'}  # method -> the scores it picks by (one_sample: none, the first sample)
+             'prm_min': 'prm_min', 'prm_mean': 'prm_mean'}  # method -> the scores it picks by (one_sample: the first)
 SEARCHES = ('orm_mcts', 'vm_mcts')
 METHODS = ('greedy', *BEST_OF_N, *SEARCHES)
 
 
-def line_min_scores(vm, enc, tasks, pool):
-    """PRM-style: per sample the VM's least value over its line ends and its last token (per task a list)."""
+def line_scores(vm, enc, tasks, pool):
+    """PRM-style: per sample the least and the mean of the VM's values at its line ends and its last token
+    ({'prm_min': per task a list, 'prm_mean': the same})."""
     newline = enc.encode_single_token('\n')
     seqs, starts = zip(*[value.encode_state(enc, t['prompt'], d.text, d.complete, vm.gpt.config.block_size)
                          for t, draws in zip(tasks, pool) for d in draws])
@@ -44,7 +46,9 @@ def line_min_scores(vm, enc, tasks, pool):
     step_end = ((idx == newline) & (pos >= torch.tensor(starts, device=idx.device)[:, None])
                 & (pos < lengths[:, None])) | last  # (N, T)
     mins = iter(vals.masked_fill(~step_end, float('inf')).min(1).values.tolist())  # min over steps of V(prefix)
-    return [[next(mins) for _ in draws] for draws in pool]
+    means = iter(((vals * step_end).sum(1) / step_end.sum(1)).tolist())  # mean over steps of V(prefix)
+    return dict(prm_min=[[next(mins) for _ in draws] for draws in pool],
+                prm_mean=[[next(means) for _ in draws] for draws in pool])
 
 
 def greedy_answers(cfg, policy, enc, tasks):
@@ -84,7 +88,7 @@ def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
     t_pool = time.time() - t0
     scores = dict(likelihood=[[d.logp for d in draws] for draws in pool],
                   orm=value.program_scores(orm, enc, tasks, pool), vm=value.program_scores(vm, enc, tasks, pool),
-                  prm_min=line_min_scores(vm, enc, tasks, pool))
+                  **line_scores(vm, enc, tasks, pool))
     complete = [[d.complete for d in draws] for draws in pool]
     for n in ns:
         for method, scorer in BEST_OF_N.items():

@@ -11,7 +11,8 @@ import math
 import os
 import sys
 
-DECODE_ORDER = ('greedy', 'one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min', 'orm_mcts', 'vm_mcts')
+DECODE_ORDER = ('greedy', 'one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min', 'prm_mean', 'orm_mcts',
+                'vm_mcts')
 
 
 def mean_se(xs):

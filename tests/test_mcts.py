@@ -309,16 +309,16 @@ def test_value_scorer_equals_unpadded_single_forward(vm, enc):
     assert value.encode_state(enc, 'abc', 'de', True, 5) == ([ord('b'), ord('c'), ord('d'), ord('e'), EOT], 2)
 
 
-def test_line_min_scores_are_the_least_value_over_line_prefixes(vm, enc):
+def test_line_scores_are_the_least_and_mean_value_over_line_prefixes(vm, enc):
     pool = [[Draw('    ys = sorted(xs)\n    return ys\n', True, 0, 0.0)], [Draw('    ys = xs\n    ret', False, 0, 0.0)]]
-    got = decode.line_min_scores(vm, enc, TASKS, pool)
-    for task, (d,), (v_min,) in zip(TASKS, pool, got):
+    got = decode.line_scores(vm, enc, TASKS, pool)
+    for task, (d,), (v_min,), (v_mean,) in zip(TASKS, pool, got['prm_min'], got['prm_mean']):
         lines = d.text.splitlines(keepends=True)
         prefixes = [(''.join(lines[:k]), False) for k in range(1, len(lines) + 1) if lines[k - 1].endswith('\n')]
         prefixes.append((d.text, d.complete))
         ref = [torch.sigmoid(vm(torch.tensor([enc.encode_ordinary(task['prompt'] + p) + ([EOT] if c else [])],
                                              device=DEV))[0, -1]).item() for p, c in prefixes]
-        assert v_min == pytest.approx(min(ref), abs=1e-5)
+        assert v_min == pytest.approx(min(ref), abs=1e-5) and v_mean == pytest.approx(sum(ref) / len(ref), abs=1e-5)
 
 
 def test_collect_value_targets_writes_records_and_resumes(policy, enc, tmp_path, monkeypatch):
@@ -490,7 +490,7 @@ def test_decoding_never_runs_hidden_tests_to_choose_and_spends_n_samples(policy,
         assert r['pass1'] == 1.0 and r_fail['pass1'] == 0.0
         assert r['samples'] == (1 if r['method'] == 'one_sample' else r['n'])
     assert passing['summary']['vm_mcts'][4]['seeds'] == 2 and passing['summary']['vm_mcts'][4]['samples'] == 4
-    assert set(passing['ranking']) == {'likelihood', 'orm', 'vm', 'prm_min', 'random', 'oracle'}
+    assert set(passing['ranking']) == {'likelihood', 'orm', 'vm', 'prm_min', 'prm_mean', 'random', 'oracle'}
     assert passing['ranking']['oracle']['pick_of_4'] == 1.0 and failing['ranking']['oracle']['pick_of_4'] == 0.0
 
 

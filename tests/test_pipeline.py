@@ -6,6 +6,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+import decode  # noqa: E402
 import train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -35,7 +36,7 @@ def test_smoke_config_runs_every_stage_and_resumes(tmp_path, capsys):
         assert [h['optimizer_steps'] for h in run['history']] == [0, 1, 2]
         assert [('test_pass1' in h) for h in run['history']] == [True, False, True]
         assert run['history'][0]['tokens_sampled'] == 0 < run['history'][1]['tokens_sampled']
-    for m in ('greedy', 'one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min', 'orm_mcts', 'vm_mcts'):
+    for m in decode.METHODS:
         assert m in results['decode'], m
         for n, v in results['decode'][m].items():
             assert 0.0 <= v['pass1'] <= 1.0 and v['pass1_se'] >= 0 and v['seeds'] == (1 if m == 'greedy' else 2)
