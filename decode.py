@@ -21,6 +21,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from tqdm import tqdm
 
 import sandbox
 import tasks as T
@@ -112,7 +113,7 @@ def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
     return figures
 
 
-def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
+def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=tqdm.write):
     """pass@1 of every method at every N (decode_samples) and seed (seed, seed+1, ...) on decode_tasks test tasks
     spread over the split. Returns {'unit', 'rows': one per (method, N, seed), 'summary': see summarise,
     'ranking': the rankers' figures on the pools, averaged over seeds}."""
@@ -121,6 +122,7 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
     rows = []
     for model in (policy, vm, orm):
         model.eval()
+    bar = tqdm(total=1 + cfg.seeds * len(ns) * (len(BEST_OF_N) + len(SEARCHES)), desc='decode', dynamic_ncols=True)
 
     def record(method, n, seed, answers, samples, tokens, secs):
         passed = grade(tasks, answers)
@@ -129,6 +131,7 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
         r = dict(method=method, n=n, seed=seed, pass1=sum(passed) / len(tasks), by_difficulty=by_diff,
                  samples=sum(samples) / len(tasks), tokens=sum(tokens) / len(tasks), seconds=secs)
         rows.append(r)
+        bar.update(1)
         log(f"decode {method:14s} N={n:2d} seed {seed}: pass@1 {r['pass1']:.3f}, {r['samples']:.1f} samples and "
             f"{r['tokens']:.0f} tokens a task, {secs:.0f}s")
 
@@ -140,6 +143,7 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=print):
     record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
     figures = [seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)
                for seed in range(cfg.seed, cfg.seed + cfg.seeds)]
+    bar.close()
     ranking = {name: {k: mean_of([f[name][k] for f in figures]) for k in figures[0][name]} for name in figures[0]}
     return dict(unit='complete samples per task (N); "tokens" = mean generated', rows=rows,
                 summary=summarise(rows), ranking=ranking)

@@ -19,6 +19,7 @@ from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import mcts
 import sandbox
@@ -214,7 +215,7 @@ def dev_pool(cfg, policy, enc, dev_tasks, path, device):
     return out
 
 
-def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_complete=False, log=print):
+def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_complete=False, log=tqdm.write):
     """The VM (or with only_complete the ORM: the same model, loss, steps and batch) on the mcts records, from
     the policy's weights. Validates every vm_eval_interval steps on the dev pool `dev` (dev_pool) and keeps the
     step with the best within-task AUC. Checkpoints to out_path and resumes from it. Returns the kept metrics."""
@@ -243,6 +244,7 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
                              history=history, done=done, metrics=dict(best['metrics'], iters_trained=it)), out_path)
 
     complete = [[d.complete for d in draws] for draws in dev['pool']]
+    bar = tqdm(total=cfg.vm_iters, initial=it, desc=name, dynamic_ncols=True)
     while it < cfg.vm_iters:
         vm.train()
         rng = random.Random(cfg.seed * 1_000_003 + it)  # batches depend on (seed, iteration) only
@@ -253,6 +255,7 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
         torch.nn.utils.clip_grad_norm_(vm.parameters(), cfg.grad_clip)
         optimizer.step()
         it += 1
+        bar.update(1)
         if it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters:
             scores = program_scores(vm.eval(), enc, dev['tasks'], dev['pool'])
             metrics = dict(iter=it, loss=loss.item(), **parts,
@@ -262,6 +265,7 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
                 best = dict(metrics=metrics, model={k: v.clone() for k, v in vm.state_dict().items()})
             save(done=False)
             log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    bar.close()
     vm.load_state_dict(best['model'])
     save(done=True)
     log(f"{name}: keeping step {best['metrics']['iter']} of {it} (the best dev within-task AUC)")
