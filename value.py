@@ -24,7 +24,7 @@ from tqdm import tqdm
 import mcts
 import sandbox
 import tasks as T
-from model import GPTConfig, ValueModel, save_checkpoint
+from model import GPTConfig, ValueModel, save_checkpoint, weights_digest
 
 # -----------------------------------------------------------------------------
 # reading values
@@ -204,13 +204,16 @@ def vm_loss(vm, items, rank_coef, pad_id, device):
 
 
 def dev_pool(cfg, policy, enc, dev_tasks, path, device):
-    """vm_dev_tasks dev tasks x 16 samples, graded once and kept in `path`: where checkpoints are chosen."""
-    if os.path.exists(path):
-        return torch.load(path, weights_only=False)
+    """vm_dev_tasks dev tasks x 16 samples, graded once and kept in `path` (remade when the policy or a setting
+    it was made with changed): where the VM's and ORM's checkpoints are chosen."""
+    made_with = dict(policy=weights_digest(policy), seed=cfg.seed, tasks=cfg.vm_dev_tasks,
+                     temperature=cfg.decode_temperature, max_new_tokens=cfg.max_new_tokens)
+    if os.path.exists(path) and (kept := torch.load(path, weights_only=False)).get('made_with') == made_with:
+        return kept
     tasks = T.spread(dev_tasks, cfg.vm_dev_tasks)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, cfg.decode_temperature, gen)
-    out = dict(tasks=tasks, pool=pool, passed=grade_pool(tasks, pool))
+    out = dict(tasks=tasks, pool=pool, passed=grade_pool(tasks, pool), made_with=made_with)
     save_checkpoint(out, path)
     return out
 

@@ -392,6 +392,20 @@ def test_value_model_reading_log_probs_starts_at_the_running_mean_log_prob(polic
     assert vm.logp_scale.grad is not None and vm.logp_in.grad is not None
 
 
+def test_dev_pool_is_kept_and_remade_when_the_policy_or_a_setting_changes(policy, enc, tmp_path, monkeypatch):
+    spy = Spy(True)
+    monkeypatch.setattr(sandbox, 'run_batch', spy)
+    path, cfg = str(tmp_path / 'pool.pt'), make_cfg()
+    first = value.dev_pool(cfg, policy, enc, TASKS, path, DEV)
+    assert [len(d) for d in first['pool']] == [16, 16] and len(spy.calls) == 1
+    assert value.dev_pool(cfg, policy, enc, TASKS, path, DEV)['pool'] == first['pool'] and len(spy.calls) == 1
+    value.dev_pool(make_cfg(decode_temperature=0.5), policy, enc, TASKS, path, DEV)
+    assert len(spy.calls) == 2  # another temperature: sampled and graded again
+    other = GPT(policy.config).to(DEV)
+    value.dev_pool(make_cfg(decode_temperature=0.5), other, enc, TASKS, path, DEV)
+    assert len(spy.calls) == 3  # another policy: the same
+
+
 def synthetic_records():
     out = []
     for i in range(8):  # 8 tasks, a right and a wrong program each, with their line targets
