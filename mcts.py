@@ -311,7 +311,9 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=print
         log(f"mcts: {len(todo)} searches in {dt:.0f}s ({len(todo) / dt * 60:.1f}/min), "
             f"{stats.get('tokens', 0) / dt:.0f} generated tok/s, {stats.get('calls', 0)} policy calls; "
             f"mean reward {sum(roots) / len(roots):.3f}")
-    log(f"mcts: {len(records)} programs of {len({r['task_id'] for r in records})} tasks in {path}")
+    n = [step['n'] for r in records for step in r['steps']]
+    log(f"mcts: {len(records)} programs of {len({r['task_id'] for r in records})} tasks in {path}; "
+        f"{len(n)} line-end targets, {sum(k > 1 for k in n) / max(1, len(n)):.0%} of them on 2+ rollouts")
     return records
 
 

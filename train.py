@@ -440,8 +440,10 @@ def main(argv):
         print(f"search stages use the policy in {name}")
     if 'mcts' in todo:
         records = mcts.collect_value_targets(cfg, policy, enc, splits['rl'], cfg.out_dir, cfg.device)
+        n = [step['n'] for r in records for step in r['steps']]  # rollouts behind each line-end target
         results['mcts'] = dict(programs=len(records), tasks=len({r['task_id'] for r in records}),
-                               mean_reward=sum(r['value'] for r in records) / max(1, len(records)))
+                               mean_reward=sum(r['value'] for r in records) / max(1, len(records)),
+                               line_targets=len(n), multi_rollout_frac=sum(k > 1 for k in n) / max(1, len(n)))
     if 'vm' in todo:
         records = list(mcts.read_jsonl(os.path.join(cfg.out_dir, 'value_targets.jsonl')))
         dev = value.dev_pool(cfg, policy, enc, splits[cfg.eval_split], os.path.join(cfg.out_dir, 'vm_dev_pool.pt'),
