@@ -82,7 +82,7 @@ def search_answers(cfg, policy, model, enc, tasks, n, gen, value_states):
 def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
     """One seed: the shared pool and its rankers, then the searches at every N. Returns the pool's ranking
     figures {scorer: {within_task_auc, pearson, pick_of_k}} with random and oracle picks beside."""
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)  # the pool; each search draws from its own (seed, N, method)
     t0 = time.time()
     pool = value.sample_pool(policy, enc, tasks, max(ns), cfg.max_new_tokens, cfg.decode_temperature, gen,
                              cfg.mcts_batch_tasks)
@@ -108,6 +108,7 @@ def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
     for n in ns:
         for method, model in zip(SEARCHES, (orm, vm)):
             t0 = time.time()
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + n * 2 + (method == 'vm_mcts'))
             answers, samples, tokens = search_answers(cfg, policy, model, enc, tasks, n, gen, method == 'vm_mcts')
             record(method, n, seed, answers, samples, tokens, time.time() - t0)
     return figures
