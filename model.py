@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 
 @dataclass
@@ -187,12 +188,13 @@ class GPT(nn.Module):
             kvs.append(kv)
         return (self.transformer.ln_f(x), kvs) if keep_kv else self.transformer.ln_f(x)
 
-    def continue_hidden(self, idx, pos, kvs, attn_mask):
+    def continue_hidden(self, idx, pos, kvs, attn_mask, extra=None):
         """Final hidden states (B, T, C) of tokens idx at positions pos (B, T) that continue earlier tokens
         whose per-layer keys/values kvs come from hidden(keep_kv=True) (B, nh, Tp, hs); attn_mask (B, 1, T, Tp + T)
         says which earlier and which new tokens each token sees. Differentiable through kvs: a prompt shared
-        by a GRPO group is run once and its gradient sums over the group's completions."""
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        by a GRPO group is run once and its gradient sums over the group's completions. extra: as in hidden."""
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x if extra is None else x + extra)
         for block, kv in zip(self.transformer.h, kvs):
             x, _ = block(x, attn_mask=attn_mask, prefix=kv)
         return self.transformer.ln_f(x)
@@ -204,6 +206,28 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
+
+    def shared_prompt_hidden(self, prompts, completions, counts, pad, extra=None):
+        """Hidden states of R completions that continue P prompts, counts[p] of them each (in order): each prompt
+        runs once and its completions attend to its keys and values. Returns the hidden state after each row's
+        prompt (R, C), the completions' (R, Tc, C) and the completions' mask (R, Tc). extra: (R, Tc, C) added to
+        the completions' input embeddings."""
+        dev = self.lm_head.weight.device
+        counts = torch.tensor(counts, device=dev)
+        owner = torch.arange(len(prompts), device=dev).repeat_interleave(counts)  # (R,) the prompt of each row
+        Lp = torch.tensor([len(p) for p in prompts], device=dev)[owner]
+        Lc = torch.tensor([len(c) for c in completions], device=dev)
+        prompt_idx = pad_sequence([torch.tensor(p) for p in prompts], True, pad).to(dev)  # (P, Tp)
+        comp_idx = pad_sequence([torch.tensor(c) for c in completions], True, pad).to(dev)  # (R, Tc)
+        Tp, Tc = prompt_idx.size(1), comp_idx.size(1)
+        h_prompt, kvs = self.hidden(prompt_idx, keep_kv=True)
+        kvs = [(k[owner], v[owner]) for k, v in kvs]  # (R, nh, Tp, hs)
+        j = torch.arange(Tc, device=dev)
+        pos = (Lp[:, None] + j[None]).clamp(max=self.config.block_size - 1)  # (R, Tc); clamped ones are pads
+        sees_prompt = (torch.arange(Tp, device=dev)[None, :] < Lp[:, None])[:, None, :].expand(-1, Tc, Tp)
+        causal = torch.ones(Tc, Tc, dtype=torch.bool, device=dev).tril().expand(len(completions), Tc, Tc)
+        h_comp = self.continue_hidden(comp_idx, pos, kvs, torch.cat([sees_prompt, causal], 2)[:, None], extra)
+        return h_prompt[owner, Lp - 1], h_comp, j[None] < Lc[:, None]
 
     def logprobs(self, idx):
         """log pi(idx[:, t+1] | idx[:, :t+1]) for t < T-1, shape (B, T-1); differentiable."""
@@ -376,6 +400,22 @@ class ValueModel(nn.Module):
             mean_lp = lp.cumsum(1) / solution.cumsum(1).clamp(min=1)  # the running mean over the solution so far
         z = self.head(self.gpt.hidden(idx, extra=lp[..., None] * self.logp_in)).squeeze(-1).float()
         return z + self.logp_scale * mean_lp
+
+    def program_logits(self, prompts, completions, counts, pad):
+        """forward's logits at the completion tokens (R, Tc) of R programs that continue P prompts, counts[p] of
+        them each, every prompt run once (GPT.shared_prompt_hidden): a task's programs, which share its prompt,
+        pay for it once. The completions are the solutions (forward's start = each prompt's length)."""
+        if not self.reads_logp:
+            return self.head(self.gpt.shared_prompt_hidden(prompts, completions, counts, pad)[1]).squeeze(-1).float()
+        comp_idx = pad_sequence([torch.tensor(c) for c in completions], True, pad).to(self.head.weight.device)
+        with torch.no_grad():
+            last, h, mask = self.policy.shared_prompt_hidden(prompts, completions, counts, pad)
+            h = torch.cat([last[:, None], h[:, :-1]], 1)  # h[:, j] predicts completion token j
+            lp = torch.log_softmax(self.policy.lm_head(h).float(), -1).gather(-1, comp_idx[..., None]).squeeze(-1)
+            lp = lp * mask
+            mean_lp = lp.cumsum(1) / torch.arange(1, lp.size(1) + 1, device=lp.device)  # running mean log-prob
+        h = self.gpt.shared_prompt_hidden(prompts, completions, counts, pad, extra=lp[..., None] * self.logp_in)[1]
+        return self.head(h).squeeze(-1).float() + self.logp_scale * mean_lp
 
 
 def weights_digest(model):

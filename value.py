@@ -186,16 +186,33 @@ def training_items(records, enc, block_size, target, only_complete=False):
     return list(tasks.values())
 
 
+def shared_prompts(items):
+    """A batch as prompts and the programs that continue them, in order: a task's programs share its prompt
+    (one whose front was cut to fit the context has a prompt of its own). Returns prompts, counts, and per
+    program (item, where its completion starts)."""
+    prompts, counts, rows = [], [], []
+    for task in items:
+        for it in task:
+            cut = max(it['start'], 1)
+            if not prompts or prompts[-1] != it['ids'][:cut]:
+                prompts.append(it['ids'][:cut])
+                counts.append(0)
+            counts[-1] += 1
+            rows.append((it, cut))
+    return prompts, counts, rows
+
+
 def vm_loss(vm, items, rank_coef, pad_id, device):
-    """mse + rank_coef * rank over a batch of tasks' programs (module docstring). items: per task a list."""
-    flat = [it for task in items for it in task]
-    idx, _ = pad_right([it['ids'] for it in flat], pad_id, device)
-    z = vm(idx, torch.tensor([it['start'] for it in flat], device=device))  # (N, T) logits
-    rows = torch.tensor([r for r, it in enumerate(flat) for _ in it['pos']], device=device)
-    cols = torch.tensor([p for it in flat for p in it['pos']], device=device)
+    """mse + rank_coef * rank over a batch of tasks' programs (module docstring). items: per task a list.
+    Each task's prompt runs through the model once for all its programs (ValueModel.program_logits)."""
+    prompts, counts, programs = shared_prompts(items)
+    z = vm.program_logits(prompts, [it['ids'][cut:] for it, cut in programs], counts, pad_id)  # (N, Tc) logits
+    flat = [it for it, _ in programs]
+    reads = torch.tensor([(r, p - cut) for r, (it, cut) in enumerate(programs) for p in it['pos']], device=device)
     y = torch.tensor([t for it in flat for t in it['tgt']], device=device)
-    mse = F.mse_loss(torch.sigmoid(z[rows, cols]), y)  # mean over read positions of (V - target)^2
-    ends = z[torch.arange(len(flat), device=device), torch.tensor([it['pos'][-1] for it in flat], device=device)]
+    mse = F.mse_loss(torch.sigmoid(z[reads[:, 0], reads[:, 1]]), y)  # mean over read positions of (V - target)^2
+    last = torch.tensor([len(it['pos']) for it in flat], device=device).cumsum(0) - 1  # each program's last read
+    ends = z[reads[last, 0], reads[last, 1]]  # z at each program's end
     task = torch.tensor([i for i, t in enumerate(items) for _ in t], device=device)
     reward = torch.tensor([it['reward'] for it in flat], device=device)
     better = (task[:, None] == task[None, :]) & (reward[:, None] > reward[None, :])  # (i, j): i beats j, same task

@@ -366,6 +366,34 @@ def test_training_items_read_each_line_end_and_the_program_end(enc):
     assert short['pos'] == [p - cut for p in item['pos'][1:]] and short['tgt'] == [0.5, 0.5]
 
 
+@pytest.mark.parametrize('reads_logp', [False, True])
+def test_program_logits_equal_forward_with_each_prompt_run_once(policy, enc, reads_logp):
+    torch.manual_seed(2)
+    vm = ValueModel.from_policy(policy, reads_logp)
+    torch.nn.init.normal_(vm.head.weight, std=0.5)
+    if reads_logp:
+        torch.nn.init.normal_(vm.logp_in, std=0.5)
+    prompts = [enc.encode_ordinary(t['prompt']) for t in TASKS]
+    sols = [['    ys = sorted(xs)\n    return ys\n', '    return xs\n', '    ys = xs\n'], ['    ys = xs[::-1]\n']]
+    completions = [enc.encode_ordinary(s) + [EOT] for group in sols for s in group]
+    z = vm.program_logits(prompts, completions, [3, 1], PAD)
+    owners = [0, 0, 0, 1]
+    for r, (p, c) in enumerate(zip([prompts[o] for o in owners], completions)):
+        full = vm(torch.tensor([p + c], device=DEV), torch.tensor([len(p)], device=DEV))[0]
+        torch.testing.assert_close(z[r, :len(c)], full[len(p):], atol=1e-5, rtol=1e-5)
+    z[0, 3].backward()  # the gradient reaches the shared prompt's computation
+    assert vm.gpt.transformer.wte.weight.grad.abs().sum() > 0
+
+
+def test_shared_prompts_group_a_tasks_programs():
+    a = [dict(ids=[1, 2, 3, 4], start=2), dict(ids=[1, 2, 5], start=2)]
+    cropped = dict(ids=[2, 3, 9, 9], start=1)  # its front was cut: a prompt of its own
+    b = [dict(ids=[7, 8], start=1), dict(ids=[9, 8], start=0)]
+    prompts, counts, programs = value.shared_prompts([a + [cropped], b])
+    assert prompts == [[1, 2], [2], [7], [9]] and counts == [2, 1, 1, 1]
+    assert [cut for _, cut in programs] == [2, 2, 1, 1, 1]  # a program needs a prompt of one token at least
+
+
 def test_vm_loss_by_hand(vm, enc):
     items = [[dict(ids=[1, 2, 3], start=1, pos=[1, 2], tgt=[0.5, 1.0], reward=1.0),
               dict(ids=[4, 5], start=1, pos=[1], tgt=[0.0], reward=0.0)],
