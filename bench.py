@@ -8,6 +8,7 @@ restrl's performance figures, each measured side by side with its reference in o
   kv       KV-cache batched sampling vs full recompute, batch 64 x 128 new tokens, greedy
   rl_lengths  sampling 32 x 8 rows with the lengths of an RL batch vs every row run to the longest
   sft      an SFT step on real sft batches in 4 length-sorted slices vs one pass padded to the longest row
+  vm       a value-model step with each task's prompt run once for its 20 programs vs every program run whole
   train    a training step of model.GPT vs a plain GPT built from torch.nn.TransformerEncoderLayer
            of the same size; on a GPU also MFU (model.GPT.estimate_mfu)
 
@@ -152,9 +153,44 @@ def bench_sft(device, cfg, steps=8):
     return dict(padded_step_s=padded, sliced_step_s=sliced, speedup=padded / sliced)
 
 
+def bench_vm(device, cfg, steps=4):
+    """A value-model training step (log-prob input, forward and backward) on 8 tasks x 20 programs, each task's
+    prompt run once (value.vm_loss) against every program run whole (ValueModel.forward on padded rows),
+    alternating on the same batches. The programs are the rl split's reference solutions, so the lengths are
+    real; the two paths give the same logits (tests/test_mcts.py)."""
+    import tasks as T
+    import value
+    from model import ValueModel
+    enc = T.get_tokenizer()
+    rl = T.load_tasks('data/rl.jsonl')
+    torch.manual_seed(0)
+    vm = ValueModel.from_policy(GPT(GPTConfig(**{**cfg.__dict__, 'vocab_size': enc.n_vocab})), True).to(device)
+    records = [dict(task_id=t['task_id'], prompt=t['prompt'], solution=t['canonical_solution'], complete=True,
+                    value=float(i % 2), value_binary=float(i % 2), steps=[]) for t in rl[:400] for i in range(20)]
+    items, pad = value.training_items(records, enc, cfg.block_size, 'partial'), T.pad_id(enc)
+
+    def whole(batch):
+        flat = [it for task in batch for it in task]
+        idx, _ = value.pad_right([it['ids'] for it in flat], pad, device)
+        vm(idx, torch.tensor([it['start'] for it in flat], device=device))[:, -1].sum().backward()
+
+    def shared(batch):
+        value.vm_loss(vm, batch, 1.0, pad, device)[0].backward()
+    times = {'whole': [], 'shared': []}
+    for it in range(steps + 1):
+        batch = items[8 * it:8 * it + 8]
+        for name, fn in (('whole', whole), ('shared', shared)):
+            t0 = time.perf_counter()
+            fn(batch)
+            if it:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    w, s = statistics.median(times['whole']), statistics.median(times['shared'])
+    return dict(whole_step_s=w, shared_prompt_step_s=s, speedup=w / s)
+
+
 def main(argv):
     only = next((a.split('=', 1)[1].split(',') for a in argv if a.startswith('--only=')),
-                ['sandbox', 'kv', 'rl_lengths', 'sft', 'train'])
+                ['sandbox', 'kv', 'rl_lengths', 'sft', 'vm', 'train'])
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     small = GPTConfig(block_size=384, vocab_size=400, n_layer=4, n_head=4, n_embd=128)
     results = {'device': torch.cuda.get_device_name() if device == 'cuda' else f'cpu x{torch.get_num_threads()}'}
@@ -168,6 +204,8 @@ def main(argv):
         results['rl_lengths'] = bench_rl_lengths(device, small)
     if 'sft' in only:
         results['sft'] = bench_sft(device, small)
+    if 'vm' in only:
+        results['vm'] = bench_vm(device, small)
     if 'train' in only:
         results['train'] = bench_train(device, small, 32)
         if device == 'cuda':  # the config/gpu.py model size
