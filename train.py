@@ -108,7 +108,7 @@ mcts_batch_tasks = 32    # searches advanced in lock-step (one policy call for a
 mcts_collect_samples = 20  # complete samples per rl task when collecting (4 expansions)
 mcts_collect_tasks = 512 # rl tasks searched, spread over difficulties (0 = all)
 # value model and ORM (value.py)
-vm_iters = 400           # optimizer steps (the ORM gets the same number and batch)
+vm_iters = 200           # optimizer steps (the ORM gets the same number and batch; repro: 400)
 vm_batch_tasks = 8       # tasks per batch, all their programs: the ranking loss compares programs of a task
 vm_lr = 3e-4
 vm_rank_coef = 1.0       # weight of the within-task Bradley-Terry loss next to the MSE (0: MSE only, the paper's)
@@ -117,7 +117,7 @@ vm_reads_logp = True     # the VM and ORM also read the policy's token log-probs
 vm_eval_interval = 50    # rank the dev pool and checkpoint every N steps; the best within-task AUC is kept
 vm_dev_tasks = 200       # dev tasks x 16 samples, graded once: the pool checkpoints are chosen on
 # decoding comparison (decode.py)
-decode_samples = '1,4,8,16,32'  # budgets N: complete samples per task
+decode_samples = '1,4,16'  # budgets N: complete samples per task (repro: 1,4,8,16,32)
 decode_tasks = 200       # test tasks, spread over difficulties (0 = all)
 decode_temperature = 0.7 # every method's sampling temperature (the paper's)
 # -----------------------------------------------------------------------------
