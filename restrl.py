@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import sandbox
 import tasks as T
-from model import save_checkpoint, weights_digest
+from model import load_checkpoint, save_checkpoint, weights_digest
 
 METHODS = {  # where a method's training items come from, and its loss
     'rest_grpo': dict(filtered=True, prefixes=True, loss='grpo'),
@@ -432,7 +432,7 @@ def refuse_other_run(ckpt, cfg, path):
                          "out_dir")
 
 
-def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=print):
+def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=tqdm.write):
     """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
     Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
     (seed, iteration), so a resumed run equals an uninterrupted one. Greedy pass@1 on eval_tasks (the dev split)
@@ -452,7 +452,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     pool = StatePool(rl_task_ids(rl_tasks, cfg), cfg.seed)
     history, it0 = [], 0
     if os.path.exists(path):
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(path, device)
         refuse_other_run(ckpt, cfg, path)
         policy.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
@@ -482,7 +482,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     if not history:  # iteration 0: the starting policy, evaluated once per (weights, seed, evaluation settings)
         cache = start_eval_path(policy, cfg, test_tasks is not None, path)
         if os.path.exists(cache):  # every method of a seed starts from the same model: its start is the same
-            history.append(torch.load(cache, weights_only=False))
+            history.append(load_checkpoint(cache))
             log(f"rl {method}: start evaluation reused from {cache}")
         else:
             history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
