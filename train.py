@@ -601,9 +601,7 @@ def run_stage(o, cfg, enc, splits, policy):
         return value.train_value_model(cfg, policy(), enc, records, dev, o.path, cfg.device,
                                        only_complete=o.path.endswith('orm.pt'))
     vm, orm = (value.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
-    out = decode.decode_compare(cfg, policy(), vm, orm, enc, splits['test'], cfg.device, o.path)
-    tqdm.write(report.decode_table(json.loads(json.dumps(out['summary']))))
-    return out
+    return decode.decode_compare(cfg, policy(), vm, orm, enc, splits['test'], cfg.device, o.path)
 
 
 if __name__ == '__main__':
