@@ -15,6 +15,7 @@ greedy (one program at temperature 0) is a reference line. The best-of-N methods
 samples per task and seed and take its first N, as the paper's curves do; each search runs once per N.
 No method runs a test to choose: picks read scores only, and programs are graded afterwards.
 """
+import json
 import os
 import sys
 import time
@@ -79,9 +80,25 @@ def search_answers(cfg, policy, model, enc, tasks, n, gen, value_states):
             [t.tokens for t in trees])
 
 
-def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
-    """One seed: the shared pool and its rankers, then the searches at every N. Returns the pool's ranking
-    figures {scorer: {within_task_auc, pearson, pick_of_k}} with random and oracle picks beside."""
+def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record, done):
+    """One seed: the shared pool and its rankers, then the searches at every N; rows in `done` (method, N, seed)
+    are not made again, and the pool is drawn only when one of its rows or its ranking figures is missing.
+    Records the pool's ranking figures {scorer: {within_task_auc, pearson, pick_of_k}}, random and oracle beside,
+    as the row ('ranking', 0, seed)."""
+    if any((m, n, seed) not in done for m in BEST_OF_N for n in ns) or ('ranking', 0, seed) not in done:
+        pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)
+    for n in ns:
+        for method, model in zip(SEARCHES, (orm, vm)):
+            if (method, n, seed) in done:
+                continue
+            t0 = time.time()
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + n * 2 + (method == 'vm_mcts'))
+            answers, samples, tokens = search_answers(cfg, policy, model, enc, tasks, n, gen, method == 'vm_mcts')
+            record(method, n, seed, answers, samples, tokens, time.time() - t0)
+
+
+def pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
+    """The best-of-N rows of one seed, all from one pool of max(N) samples per task, and the pool's ranking row."""
     gen = torch.Generator(device=device).manual_seed(seed)  # the pool; each search draws from its own (seed, N, method)
     t0 = time.time()
     pool = value.sample_pool(policy, enc, tasks, max(ns), cfg.max_new_tokens, cfg.decode_temperature, gen,
@@ -105,49 +122,74 @@ def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
                for name, s in scores.items()}
     figures['random'] = {f'pick_of_{k}': value.random_of_k(passed, k) for k in k_all}
     figures['oracle'] = {f'pick_of_{k}': value.oracle_of_k(passed, k) for k in k_all}
-    for n in ns:
-        for method, model in zip(SEARCHES, (orm, vm)):
-            t0 = time.time()
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + n * 2 + (method == 'vm_mcts'))
-            answers, samples, tokens = search_answers(cfg, policy, model, enc, tasks, n, gen, method == 'vm_mcts')
-            record(method, n, seed, answers, samples, tokens, time.time() - t0)
-    return figures
+    record('ranking', 0, seed, figures=figures)
 
 
-def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, log=tqdm.write):
+def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None, log=tqdm.write):
     """pass@1 of every method at every N (decode_samples) and seed (seed, seed+1, ...) on decode_tasks test tasks
-    spread over the split. Returns {'unit', 'rows': one per (method, N, seed), 'summary': see summarise,
-    'ranking': the rankers' figures on the pools, averaged over seeds}."""
+    spread over the split. Each row (method, N, seed) is appended to rows_path as it is made, and a rerun makes
+    only the rows missing there (a torn last line, from a kill, is dropped). Returns {'unit', 'rows': one per
+    (method, N, seed) in a fixed order, 'summary': see summarise, 'ranking': the rankers' figures on the pools,
+    averaged over seeds}."""
     tasks = T.spread(test_tasks, cfg.decode_tasks)
     ns = [int(n) for n in str(cfg.decode_samples).split(',')]
-    rows = []
+    rows = read_rows(rows_path)
+    done = {(r['method'], r['n'], r['seed']) for r in rows}
     for model in (policy, vm, orm):
         model.eval()
-    bar = tqdm(total=1 + cfg.seeds * len(ns) * (len(BEST_OF_N) + len(SEARCHES)), desc='decode', dynamic_ncols=True)
+    seeds = range(cfg.seed, cfg.seed + cfg.seeds)
+    bar = tqdm(total=1 + len(seeds) * (len(ns) * (len(BEST_OF_N) + len(SEARCHES)) + 1), initial=len(done),
+               desc='decode', dynamic_ncols=True)
 
-    def record(method, n, seed, answers, samples, tokens, secs):
-        passed = grade(tasks, answers)
-        by_diff = {d: sum(p for p, t in zip(passed, tasks) if t['difficulty'] == d) /
-                   sum(t['difficulty'] == d for t in tasks) for d in sorted({t['difficulty'] for t in tasks})}
-        r = dict(method=method, n=n, seed=seed, pass1=sum(passed) / len(tasks), by_difficulty=by_diff,
-                 samples=sum(samples) / len(tasks), tokens=sum(tokens) / len(tasks), seconds=secs)
+    def record(method, n, seed, answers=None, samples=None, tokens=None, secs=0.0, figures=None):
+        if (method, n, seed) in done:  # a pool redrawn for its missing rows: the rows already made stay
+            return
+        done.add((method, n, seed))
+        r = dict(method=method, n=n, seed=seed)
+        if figures is not None:
+            r['figures'] = figures
+        else:
+            passed = grade(tasks, answers)
+            by_diff = {d: sum(p for p, t in zip(passed, tasks) if t['difficulty'] == d) /
+                       sum(t['difficulty'] == d for t in tasks) for d in sorted({t['difficulty'] for t in tasks})}
+            r.update(pass1=sum(passed) / len(tasks), by_difficulty=by_diff, samples=sum(samples) / len(tasks),
+                     tokens=sum(tokens) / len(tasks), seconds=secs)
+            log(f"decode {method:14s} N={n:2d} seed {seed}: pass@1 {r['pass1']:.3f}, {r['samples']:.1f} samples "
+                f"and {r['tokens']:.0f} tokens a task, {secs:.0f}s")
+        r = json.loads(json.dumps(r))  # as it reads back from the file
         rows.append(r)
+        if rows_path:
+            with open(rows_path, 'a') as f:
+                f.write(json.dumps(r) + '\n')
         bar.update(1)
-        log(f"decode {method:14s} N={n:2d} seed {seed}: pass@1 {r['pass1']:.3f}, {r['samples']:.1f} samples and "
-            f"{r['tokens']:.0f} tokens a task, {secs:.0f}s")
 
-    t0 = time.time()
-    answers, tokens = [], []
-    for i in range(0, len(tasks), cfg.mcts_batch_tasks):
-        a, n = greedy_answers(cfg, policy, enc, tasks[i:i + cfg.mcts_batch_tasks])
-        answers, tokens = answers + a, tokens + n
-    record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
-    figures = [seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)
-               for seed in range(cfg.seed, cfg.seed + cfg.seeds)]
+    if ('greedy', 0, cfg.seed) not in done:
+        t0 = time.time()
+        answers, tokens = [], []
+        for i in range(0, len(tasks), cfg.mcts_batch_tasks):
+            a, n = greedy_answers(cfg, policy, enc, tasks[i:i + cfg.mcts_batch_tasks])
+            answers, tokens = answers + a, tokens + n
+        record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
+    for seed in seeds:
+        seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record, done)
     bar.close()
+    order = {m: i for i, m in enumerate(('ranking',) + METHODS)}
+    rows = sorted((r for r in rows if r['seed'] in seeds), key=lambda r: (order[r['method']], r['n'], r['seed']))
+    figures = [r['figures'] for r in rows if r['method'] == 'ranking']
+    results = [r for r in rows if r['method'] != 'ranking']
     ranking = {name: {k: mean_of([f[name][k] for f in figures]) for k in figures[0][name]} for name in figures[0]}
-    return dict(unit='complete samples per task (N); "tokens" = mean generated', rows=rows,
-                summary=summarise(rows), ranking=ranking)
+    return dict(unit='complete samples per task (N); "tokens" = mean generated', rows=results,
+                summary=summarise(results), ranking=ranking)
+
+
+def read_rows(path):
+    """The rows a killed or finished run appended to path, without a torn last line."""
+    if not path or not os.path.exists(path):
+        return []
+    with open(path, 'rb+') as f:
+        data = f.read()
+        f.truncate(data.rfind(b'\n') + 1)  # a line is written whole or cut here; its row is made again
+    return [json.loads(line) for line in data[:data.rfind(b'\n') + 1].decode().splitlines()]
 
 
 def mean_of(values):

@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
+import outputs
 import sandbox
 import tasks as T
 
@@ -280,35 +281,41 @@ def read_jsonl(path):
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
 
 
-def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=print):
+def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=tqdm.write):
     """Search mcts_collect_tasks rl tasks (spread over difficulties; tasks the RL stage trained on are fine: the
     VM is trained on the policy's own samples) with mcts_collect_samples samples each, scored by the tests;
-    append a record per sample (value_targets) with its task_id and prompt to out_dir/value_targets.jsonl; a
-    rerun skips tasks already written. Returns all records in the file."""
+    append a record per sample (value_targets) with its task_id and prompt to out_dir/value_targets.jsonl, one
+    batch of mcts_batch_tasks searches at a time. Each batch draws from its own seed (seed, batch), and
+    value_targets.jsonl.progress says how many batches (and bytes) are done, so a run killed anywhere resumes to
+    the file an uninterrupted run writes. Returns all records in the file."""
     path = os.path.join(out_dir, 'value_targets.jsonl')
-    if os.path.exists(path):  # a run killed mid-write leaves a torn last line: cut it, its task reruns
-        with open(path, 'rb+') as f:
-            data = f.read()
-            f.truncate(data.rfind(b'\n') + 1)
-    done = {p['task_id'] for p in read_jsonl(path)} if os.path.exists(path) else set()
-    todo = [t for t in T.spread(rl_tasks, cfg.mcts_collect_tasks) if t['task_id'] not in done]
-    log(f"mcts: {len(done)} tasks already searched, {len(todo)} to go, {cfg.mcts_collect_samples} samples each")
+    progress_path = path + '.progress'
+    done = json.load(open(progress_path)) if os.path.exists(path) and os.path.exists(progress_path) else dict(
+        batches=0, bytes=0)
+    with open(path, 'ab') as f:  # cut what a killed run wrote after its last finished batch
+        f.truncate(done['bytes'])
+    tasks = T.spread(rl_tasks, cfg.mcts_collect_tasks)
+    batches = [tasks[i:i + cfg.mcts_batch_tasks] for i in range(0, len(tasks), cfg.mcts_batch_tasks)]
+    log(f"mcts: {done['batches']} of {len(batches)} batches of {cfg.mcts_batch_tasks} tasks already searched, "
+        f"{cfg.mcts_collect_samples} samples each")
     policy.eval()
-    stats, gen = {}, torch.Generator(device=device).manual_seed(cfg.seed + len(done))
-    expand = policy_expander(policy, enc, cfg.max_new_tokens, cfg.mcts_temperature, stats, gen)
-    t0, roots = time.time(), []
-    for i in tqdm(range(0, len(todo), cfg.mcts_batch_tasks), desc='mcts', dynamic_ncols=True):
-        trees = run_search([Tree(t, cfg.mcts_collect_samples) for t in todo[i:i + cfg.mcts_batch_tasks]], expand,
-                           test_scorer(), num_sample=cfg.mcts_num_sample, c=cfg.mcts_c_collect, eps=cfg.mcts_eps)
+    stats, t0, roots = {}, time.time(), []
+    for b in tqdm(range(done['batches'], len(batches)), desc='mcts', dynamic_ncols=True):
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b)
+        expand = policy_expander(policy, enc, cfg.max_new_tokens, cfg.mcts_temperature, stats, gen)
+        trees = run_search([Tree(t, cfg.mcts_collect_samples) for t in batches[b]], expand, test_scorer(),
+                           num_sample=cfg.mcts_num_sample, c=cfg.mcts_c_collect, eps=cfg.mcts_eps)
         records = [dict(task_id=tree.task['task_id'], prompt=tree.task['prompt'], **r)
                    for tree in trees for r in value_targets(tree)]
-        with open(path, 'a') as f:  # one write per batch of tasks, then the next batch
+        with open(path, 'a') as f:
             f.write(''.join(json.dumps(r) + '\n' for r in records))
+        done = dict(batches=b + 1, bytes=os.path.getsize(path))
+        outputs.write_atomic(progress_path, json.dumps(done))  # after the batch's bytes: it is finished
         roots += [tree.root.value() for tree in trees]
-    records = list(read_jsonl(path)) if os.path.exists(path) else []
+    records = list(read_jsonl(path))
     dt = max(time.time() - t0, 1e-9)
-    if todo:
-        log(f"mcts: {len(todo)} searches in {dt:.0f}s ({len(todo) / dt * 60:.1f}/min), "
+    if roots:
+        log(f"mcts: {len(roots)} searches in {dt:.0f}s ({len(roots) / dt * 60:.1f}/min), "
             f"{stats.get('tokens', 0) / dt:.0f} generated tok/s, {stats.get('calls', 0)} policy calls; "
             f"mean reward {sum(roots) / len(roots):.3f}")
     n = [step['n'] for r in records for step in r['steps']]

@@ -430,7 +430,17 @@ def save_checkpoint(obj, path):
     """torch.save to path + '.tmp', then rename: a crash while writing never leaves a broken checkpoint."""
     try:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-        torch.save(obj, path + '.tmp')
-        os.replace(path + '.tmp', path)
+        tmp = f'{path}.{os.getpid()}.tmp'  # this process's own: runs side by side share start-evaluation files
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
     except OSError as e:  # a full disk, say: stop with the reason; the previous checkpoint is intact
         raise SystemExit(f"could not write checkpoint {path}: {e}. The previous checkpoint is intact.")
+
+
+def load_checkpoint(path, device='cpu'):
+    """torch.load, with a truncated or corrupt file named in a clear error instead of a torch traceback."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        raise SystemExit(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:80]}); move it away to "
+                         "redo what it holds, or rerun with --restart=STAGE") from None

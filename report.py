@@ -11,6 +11,8 @@ import math
 import os
 import sys
 
+from outputs import write_atomic
+
 DECODE_ORDER = ('greedy', 'one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min', 'prm_mean', 'orm_mcts',
                 'vm_mcts')
 
@@ -22,15 +24,6 @@ def mean_se(xs):
     if n < 2:
         return m, 0.0
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
-
-
-def write_atomic(path, text):
-    """Write to a temporary file of this process, then rename: a reader never sees half a file, and RL runs
-    side by side in one out_dir never write into each other's temporary file."""
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def decode_ns(decode):
@@ -166,15 +159,24 @@ def plot(results, out_dir):
     return files
 
 
+def machines_table(stages):
+    """Which machine made each stage's output, and in how much wall time (from the records in out_dir)."""
+    rows = ["| output | machine | wall time |", "|---|---|---|"]
+    for name, s in stages.items():
+        where = '; '.join(f"{m['device']} ({m['name'] or '?'}, {m['cpus']} CPUs, {m['host']})" for m in s['machines'])
+        rows.append(f"| {name} | {where} | {s['wall_seconds'] / 60:.1f} min |")
+    return '\n'.join(rows)
+
+
 def write_report(results, out_dir):
     cfg = results.get('config', {})
-    devices = results.get('stage_devices', {})
-    by_stage = f" (by stage: {', '.join(f'{k} {v}' for k, v in devices.items())})" if devices else ''
-    minutes, first = results.get('wall_seconds', 0) / 60, cfg.get('seed', 0)
     parts = [f"# restrl report: {out_dir}\n",
-             f"Device {results.get('device')}{by_stage}, wall time {minutes:.1f} min summed over the runs that "
-             f"wrote results.json, seeds {first}..{first + cfg.get('seeds', 1) - 1}. "
-             f"Errors are the standard error of the mean over seeds.\n"]
+             "Errors are the standard error of the mean over seeds. Each stage's output, the machine that made it and "
+             "its wall time (summed over the processes that worked on it):\n",
+             machines_table(results.get('stages', {})) + '\n']
+    if results.get('left_out'):
+        parts.append("Left out (finished, but made from other settings than this config's): " + "; ".join(
+            f"{name} ({', '.join(why)})" for name, why in results['left_out'].items()) + ".\n")
     if 'sft' in results:
         s = results['sft']
         by_diff = sorted(s['by_difficulty'].items(), key=lambda x: int(x[0]))

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import sandbox
 import tasks as T
-from model import save_checkpoint, weights_digest
+from model import load_checkpoint, save_checkpoint, weights_digest
 
 METHODS = {  # where a method's training items come from, and its loss
     'rest_grpo': dict(filtered=True, prefixes=True, loss='grpo'),
@@ -432,7 +432,7 @@ def refuse_other_run(ckpt, cfg, path):
                          "out_dir")
 
 
-def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=print):
+def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=tqdm.write):
     """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
     Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
     (seed, iteration), so a resumed run equals an uninterrupted one. Greedy pass@1 on eval_tasks (the dev split)
@@ -446,19 +446,20 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     for key, least in (('rl_eval_interval', 1), ('eval_samples', 1), ('rl_filter_samples', 2), ('rl_group_size', 2)):
         if getattr(cfg, key) < least:  # a filter or a group of one sample has no reward std to go by
             raise ValueError(f"config key '{key}' must be at least {least}; got {getattr(cfg, key)}")
+    name = f"rl {method} seed {cfg.seed}"
     policy.eval()  # no dropout anywhere in RL: it would make pi, pi_old and the sampler disagree by noise
     ref = copy.deepcopy(policy).requires_grad_(False)
     optimizer = policy.configure_optimizers(cfg.rl_weight_decay, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])
     pool = StatePool(rl_task_ids(rl_tasks, cfg), cfg.seed)
     history, it0 = [], 0
     if os.path.exists(path):
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(path, device)
         refuse_other_run(ckpt, cfg, path)
         policy.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         pool.load_state_dict(ckpt['pool'])
         history, it0 = ckpt['history'], ckpt['iter_num']
-        log(f"rl {method}: resuming from iteration {it0} of {path}")
+        log(f"{name}: resuming from iteration {it0} of {path}")
 
     def evaluate(rec, split):
         if split == 'eval':
@@ -482,15 +483,18 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     if not history:  # iteration 0: the starting policy, evaluated once per (weights, seed, evaluation settings)
         cache = start_eval_path(policy, cfg, test_tasks is not None, path)
         if os.path.exists(cache):  # every method of a seed starts from the same model: its start is the same
-            history.append(torch.load(cache, weights_only=False))
-            log(f"rl {method}: start evaluation reused from {cache}")
+            history.append(load_checkpoint(cache))
+            log(f"{name}: start evaluation reused from {cache}")
         else:
             history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
+            log(f"{name}: evaluating the starting policy ({len(T.spread(eval_tasks, cfg.eval_tasks))} "
+                f"{cfg.eval_split} tasks" + (f", {len(T.spread(test_tasks, cfg.final_eval_tasks))} test tasks greedy and "
+                                             f"{cfg.eval_samples} samples each)" if test_tasks is not None else ")"))
             said = evaluate(history[0], 'eval') + (evaluate(history[0], 'test') if test_tasks is not None else '')
             save_checkpoint(history[0], cache)
-            log(f"rl {method}: start{said}")
+            log(f"{name}: start{said}")
     ctx = _autocast(cfg)
-    bar = tqdm(total=cfg.rl_iters, initial=it0, desc=f'rl {method}', dynamic_ncols=True)
+    bar = tqdm(total=cfg.rl_iters, initial=it0, desc=name, dynamic_ncols=True)
     for it in range(it0 + 1, cfg.rl_iters + 1):
         t0 = time.time()
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + it)
@@ -511,20 +515,20 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         history.append(rec)
         checkpoint(it)
         bar.update(1)
-        log(describe(method, rec, cfg) + said)
+        log(describe(name, rec) + said)
     bar.close()
     return history
 
 
-def describe(method, rec, cfg):
-    """One log line for an iteration's record."""
-    out = f"rl {method} iter {rec['iter']}: {rec['optimizer_steps']} steps, {rec['items']} items"
-    if rec['filter_rounds']:
-        out += f" (filter: {rec['filter_kept']} of {rec['filter_problems']} problems kept so far)"
+def describe(name, rec):
+    """One log line for an iteration's record: what it learned from, then what it cost."""
+    out = f"{name} iter {rec['iter']}:"
     if 'reward' in rec:
-        out += (f", {cfg.rl_reward} reward {rec['reward']:.3f}, effective groups {rec['effective_group_frac']:.2f}, "
-                f"prefix states {rec['prefix_frac']:.2f}")
+        out += (f" reward {rec['reward']:.3f}, effective groups {rec['effective_group_frac']:.2f}, "
+                f"prefix states {rec['prefix_frac']:.2f},")
     if 'kl' in rec:
-        out += f", kl {rec['kl']:.4f}" + (f", clip {rec['clip_frac']:.3f}" if 'clip_frac' in rec else '')
-    return (out + f", {rec['tokens_sampled']} tokens, {rec['wall']:.1f}s (sample {rec['sample_share']:.0%}, "
-            f"score {rec['score_share']:.0%}, update {rec['update_share']:.0%})")
+        out += f" kl {rec['kl']:.4f}," + (f" clip {rec['clip_frac']:.3f}," if 'clip_frac' in rec else '')
+    if rec['filter_rounds']:
+        out += f" filter kept {rec['filter_kept']}/{rec['filter_problems']},"
+    return out + (f" {rec['tokens_sampled'] / 1e6:.2f}M tokens, {rec['wall']:.1f}s (sample {rec['sample_share']:.0%}, "
+                  f"score {rec['score_share']:.0%}, update {rec['update_share']:.0%})")

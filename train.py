@@ -17,6 +17,7 @@ and then results.json, report.md (report.py) and a table.
 """
 
 import ast
+import glob
 import json
 import math
 import os
@@ -30,16 +31,18 @@ from tqdm import tqdm
 
 import decode
 import mcts
+import outputs
 import report
 import restrl
 import tasks as T
 import value
-from model import GPT, GPTConfig, save_checkpoint
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # default config: the whole pipeline in about 25 minutes on 2 CPU cores
 out_dir = 'out'
 stage = 'all'            # all | data | sft | rl | mcts | vm | decode
+restart = ''             # a stage: move its outputs and those of the stages after it aside, and make them again
 method = 'rest_grpo'     # RL method (restrl.METHODS), or several 'rest_grpo,grpo': the first is kept
 seed = 1337
 seeds = 1                # runs per RL method and per decoding budget, with seeds seed, seed+1, ... (repro: 3)
@@ -166,6 +169,10 @@ def configure(argv, defaults=DEFAULTS):
             setkey(key, value, arg)
     if config['stage'] not in ['all'] + STAGES:
         raise ConfigError(f"key 'stage' must be one of all, {', '.join(STAGES)}; got '{config['stage']}'")
+    if config['restart'] not in ('',) + outputs.STAGES:
+        raise ConfigError(f"key 'restart' must be one of {', '.join(outputs.STAGES)}; got '{config['restart']}'")
+    if config['rl_iters'] < 1:
+        raise ConfigError(f"key 'rl_iters' must be at least 1; got {config['rl_iters']}")
     if config['eval_split'] not in SPLITS:
         raise ConfigError(f"key 'eval_split' must be one of {', '.join(SPLITS)}; got '{config['eval_split']}'")
     if config['seeds'] < 1:
@@ -195,7 +202,7 @@ def pick_device(name):
 
 
 def load_policy(path, device):
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = load_checkpoint(path, device)
     model = GPT(GPTConfig(**ckpt['model_args'])).to(device)
     model.load_state_dict(ckpt['model'])
     return model, ckpt
@@ -250,7 +257,7 @@ def cosine_lr(it, peak, warmup, total):
     return peak / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (peak - peak / 10)  # cosine to peak/10
 
 
-def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=print):
+def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
     path = os.path.join(cfg.out_dir, 'sft.pt')
     dev = cfg.device
     model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
@@ -260,7 +267,7 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=print):
     optimizer = model.configure_optimizers(cfg.sft_weight_decay, cfg.sft_lr, (0.9, 0.95), dev.split(':')[0])
     it, history = 0, []
     if os.path.exists(path):
-        ckpt = torch.load(path, map_location=dev, weights_only=False)
+        ckpt = load_checkpoint(path, dev)
         differ = [f"{k}={ckpt['model_args'][k]} (this run: {v})" for k, v in model_args.items() if ckpt['model_args'][k] != v]
         if differ:  # another run's out_dir: stop before touching it
             raise SystemExit(f"{path} holds a model with {', '.join(differ)}; use another --out_dir or delete it")
@@ -323,12 +330,102 @@ def rl_path(out_dir, method, seed):
     return os.path.join(out_dir, f'rl_{method}_seed{seed}.pt')
 
 
+def policy_path(cfg):
+    """The policy the search stages use: the RL model of the (first) method and seed when the rl stage made it or
+    makes it in this run, else the SFT model."""
+    path = rl_path(cfg.out_dir, cfg.method.split(',')[0], cfg.seed)
+    return path if os.path.exists(path) or cfg.stage in ('all', 'rl') else os.path.join(cfg.out_dir, 'sft.pt')
+
+
 def final_policy(cfg):
-    """The policy the later stages use: the RL model of the (first) method and seed if it ran, else the SFT model."""
-    for path in (rl_path(cfg.out_dir, cfg.method.split(',')[0], cfg.seed), os.path.join(cfg.out_dir, 'sft.pt')):
-        if os.path.exists(path):
-            return load_policy(path, cfg.device)[0].eval(), os.path.basename(path)
-    raise SystemExit(f"no policy in {cfg.out_dir}: run the sft stage first (python train.py --stage=sft)")
+    """The search stages' policy, loaded: (model, file name)."""
+    path = policy_path(cfg)
+    if not os.path.exists(path):
+        raise SystemExit(f"no policy in {cfg.out_dir}: run the sft stage first (python train.py --stage=sft)")
+    return load_policy(path, cfg.device)[0].eval(), os.path.basename(path)
+
+
+# -----------------------------------------------------------------------------
+# the outputs a run makes or reuses, the checks before any work (outputs.py), and results.json from the records
+
+def output(cfg, stage, name, data, made=(), policy=False, method=None):
+    """One stage output: its path, the config that makes it (for RL with the run's seed) and its inputs {name:
+    path}: files of data_dir and of out_dir by file name, and the search stages' model as 'policy'."""
+    inputs = {n: os.path.join(cfg.data_dir, n) for n in data}
+    inputs.update({n: os.path.join(cfg.out_dir, n) for n in made})
+    if policy:
+        inputs['policy'] = policy_path(cfg)
+    return SimpleNamespace(stage=stage, path=os.path.join(cfg.out_dir, name), cfg=cfg, inputs=inputs, method=method)
+
+
+def rl_output(cfg, method, seed):
+    return output(SimpleNamespace(**{**vars(cfg), 'seed': seed}), 'rl', f'rl_{method}_seed{seed}.pt',
+                  ['rl.jsonl', f'{cfg.eval_split}.jsonl', 'test.jsonl', T.TOKENIZER_FILE], made=['sft.pt'],
+                  method=method)
+
+
+def planned_outputs(cfg):
+    """Every output of every stage this config names, in pipeline order."""
+    tok, ev = T.TOKENIZER_FILE, f'{cfg.eval_split}.jsonl'
+    return ([output(cfg, 'sft', 'sft.pt', ['sft.jsonl', ev, 'test.jsonl', tok])]
+            + [rl_output(cfg, m, s) for m in cfg.method.split(',') for s in range(cfg.seed, cfg.seed + cfg.seeds)]
+            + [output(cfg, 'mcts', 'value_targets.jsonl', ['rl.jsonl', tok], policy=True)]
+            + [output(cfg, 'vm', f'{n}.pt', [ev, tok], made=['value_targets.jsonl'], policy=True) for n in ('vm', 'orm')]
+            + [output(cfg, 'decode', 'decode.jsonl', ['test.jsonl', tok], made=['vm.pt', 'orm.pt'], policy=True)])
+
+
+def wanted(o):
+    return outputs.made_from(o.cfg, o.stage, o.inputs)
+
+
+def finished(o):
+    """Whether output o is complete (its record says done; an RL run has rl_iters iterations). An RL run with more
+    iterations than rl_iters asks for is stale: a resumed run may extend a finished one, not cut it."""
+    rec = outputs.read_record(o.path)
+    if not (rec and rec.get('done') and os.path.exists(o.path)):
+        return False
+    if o.stage == 'rl' and rec['result']['iters'] != o.cfg.rl_iters:
+        if rec['result']['iters'] > o.cfg.rl_iters:
+            raise outputs.Stale(f"{o.path} holds {rec['result']['iters']} iterations and rl_iters={o.cfg.rl_iters}: "
+                                "use another --out_dir, or --restart=rl to redo rl and the stages after it")
+        return False
+    return True
+
+
+def restart(cfg, plan):
+    """--restart=STAGE: move the outputs of that stage and of every later one aside, so they are made again."""
+    later = outputs.STAGES[outputs.STAGES.index(cfg.restart):]
+    paths = [o.path for o in plan if o.stage in later]
+    if cfg.restart == 'sft':  # every RL run in out_dir, of any method or seed, started from sft.pt
+        paths += glob.glob(os.path.join(cfg.out_dir, 'rl_*_seed*.pt'))
+    dest, moved = outputs.move_aside(sorted(set(paths)), cfg.out_dir)
+    print(f"restart {cfg.restart}: " + (f"moved {', '.join(moved)} to {dest}" if moved else "nothing to move"))
+
+
+def preflight(plan, todo):
+    """Stop before any work if an output this run would resume or reuse (those of the stages it runs and of
+    the stages before them) was made from other values, or from an input this run rewrites first."""
+    last = max(outputs.STAGES.index(s) for s in todo)
+    rewritten = set()
+    for o in plan:
+        if outputs.STAGES.index(o.stage) > last:
+            break
+        outputs.check(o.path, o.stage, wanted(o), [n for n, p in o.inputs.items() if p in rewritten])
+        if o.stage in todo and not finished(o):
+            rewritten.add(o.path)
+
+
+def make(o, device, work):
+    """Make (or finish) output o with work(), between the records that say what it is made from; a finished
+    output is not made again. Returns the output's result."""
+    if finished(o):
+        tqdm.write(f"{o.stage}: complete in {o.path}, skipping")
+        return outputs.read_record(o.path)['result']
+    rec = outputs.start(o.path, o.stage, wanted(o), device)
+    t0 = time.time()
+    result = json.loads(json.dumps(work()))  # the record's view: what JSON keeps (dict keys become strings)
+    outputs.finish(o.path, rec, time.time() - t0, result)
+    return result
 
 
 HISTORY_KEYS = ('iter', 'optimizer_steps', 'tokens_sampled', 'wall_total', 'reward', 'effective_group_frac', 'kl',
@@ -375,13 +472,48 @@ def rl_summary(runs):
     return dict(out, seeds=per_seed)
 
 
-def read_results(cfg):
-    path = os.path.join(cfg.out_dir, 'results.json')
-    return json.load(open(path)) if os.path.exists(path) else {}
+def assemble_results(cfg):
+    """results.json, from the finished records in out_dir in a fixed order: sft, RL by method (restrl.METHODS) and
+    seed (every seed in out_dir, however many processes made them), mcts, vm, orm, decode; with each record's
+    machines, wall time and config under 'stages'. A finished output made from other values than this config's
+    (an RL seed run with another learning rate, say) is left out and named under 'left_out'."""
+    results, stages, left_out = dict(config=vars(cfg)), {}, {}
+
+    def take(o, name):
+        rec = outputs.read_record(o.path)
+        if not (rec and rec.get('done') and os.path.exists(o.path)):
+            return None
+        why = outputs.differences(rec['made_from'], wanted(o))
+        if why:
+            left_out[os.path.basename(o.path)] = [w.strip() for w in why]
+            return None
+        stages[name] = dict(machines=rec['machines'], wall_seconds=rec['wall_seconds'], config=rec['made_from']['config'])
+        return rec['result']
+
+    plan = {os.path.basename(o.path): o for o in planned_outputs(cfg)}
+    if sft := take(plan['sft.pt'], 'sft'):
+        results['sft'] = sft
+    for method in restrl.METHODS:
+        found = glob.glob(os.path.join(cfg.out_dir, f'rl_{method}_seed*.pt'))
+        seeds = sorted(int(p.rsplit('seed', 1)[1][:-3]) for p in found if p.rsplit('seed', 1)[1][:-3].isdigit())
+        runs = {s: r['history'] for s in seeds if (r := take(rl_output(cfg, method, s), f'rl {method} seed {s}'))
+                and r['iters'] == cfg.rl_iters}
+        if runs:
+            results.setdefault('train', {})[method] = rl_summary(runs)
+    for name in ('value_targets.jsonl', 'vm.pt', 'orm.pt'):
+        if r := take(plan[name], name.split('.')[0]):
+            results['mcts' if name == 'value_targets.jsonl' else name[:-3]] = r
+    if out := take(plan['decode.jsonl'], 'decode'):
+        keep = ('pass1', 'pass1_se', 'samples', 'tokens', 'seeds', 'by_difficulty')
+        results['decode'] = {m: {n: {k: v[k] for k in keep} for n, v in per.items()} for m, per in out['summary'].items()}
+        results['ranking'] = out['ranking']  # on the test pools: AUC, Pearson, pick of k (random and oracle beside)
+        for name in ('vm', 'orm'):
+            results.setdefault(name, {})['test_within_task_auc'] = out['ranking'][name]['within_task_auc']
+    return dict(results, stages=stages, **({'left_out': left_out} if left_out else {}))
 
 
 def write_results(cfg, results):
-    report.write_atomic(os.path.join(cfg.out_dir, 'results.json'), json.dumps(results, indent=1))
+    outputs.write_atomic(os.path.join(cfg.out_dir, 'results.json'), json.dumps(results, indent=1))
 
 
 def print_table(results):
@@ -408,7 +540,6 @@ def main(argv):
     cfg = SimpleNamespace(**config)
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    t_start = time.time()
     try:
         enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
         splits = {name: T.load_tasks(os.path.join(cfg.data_dir, f'{name}.jsonl')) for name in SPLITS}
@@ -416,63 +547,61 @@ def main(argv):
         raise SystemExit(f"data error: {e}")
     print("data: " + ", ".join(f"{k} {len(v)} tasks" for k, v in splits.items()) + f"; vocab {enc.n_vocab}; "
           f"device {cfg.device}")
-    todo = STAGES if cfg.stage == 'all' else [cfg.stage]
-    results = read_results(cfg)
-    results.update(config=config, device=cfg.device)
-    results.setdefault('stage_devices', {}).update({st: cfg.device for st in todo if st != 'data'})  # mixed runs
-    if 'sft' in todo:
-        _, ev = run_sft(cfg, enc, splits['sft'], splits[cfg.eval_split], splits['test'])
-        results['sft'] = dict(test_pass1=ev['pass1'], by_difficulty=ev['by_difficulty'], by_band=ev['by_band'])
-    if 'rl' in todo:
-        sft_ckpt = os.path.join(cfg.out_dir, 'sft.pt')
-        if not os.path.exists(sft_ckpt):
-            raise SystemExit(f"rl starts from the SFT model, and {sft_ckpt} does not exist: run --stage=sft first")
-        for method in cfg.method.split(','):  # every method and seed starts from the same SFT model
-            runs = {}
-            for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-                policy, _ = load_policy(sft_ckpt, cfg.device)
-                runs[seed] = restrl.train_rl(SimpleNamespace(**{**config, 'seed': seed}), policy, enc, splits['rl'],
-                                             splits[cfg.eval_split], splits['test'],
-                                             rl_path(cfg.out_dir, method, seed), cfg.device, method)
-            results.setdefault('train', {})[method] = rl_summary(runs)
-    if {'mcts', 'vm', 'decode'} & set(todo):
-        policy, name = final_policy(cfg)
-        print(f"search stages use the policy in {name}")
-    if 'mcts' in todo:
-        records = mcts.collect_value_targets(cfg, policy, enc, splits['rl'], cfg.out_dir, cfg.device)
-        n = [step['n'] for r in records for step in r['steps']]  # rollouts behind each line-end target
-        results['mcts'] = dict(programs=len(records), tasks=len({r['task_id'] for r in records}),
-                               mean_reward=sum(r['value'] for r in records) / max(1, len(records)),
-                               line_targets=len(n), multi_rollout_frac=sum(k > 1 for k in n) / max(1, len(n)))
-    if 'vm' in todo:
-        records = list(mcts.read_jsonl(os.path.join(cfg.out_dir, 'value_targets.jsonl')))
-        dev = value.dev_pool(cfg, policy, enc, splits[cfg.eval_split], os.path.join(cfg.out_dir, 'vm_dev_pool.pt'),
-                             cfg.device)
-        for name in ('vm', 'orm'):
-            path = os.path.join(cfg.out_dir, f'{name}.pt')
-            results[name] = value.train_value_model(cfg, policy, enc, records, dev, path, cfg.device,
-                                                    only_complete=name == 'orm')
-    if 'decode' in todo:
-        path = os.path.join(cfg.out_dir, 'decode.json')
-        if os.path.exists(path):
-            print(f"decode: complete in {path}, skipping")
-            out = json.load(open(path))
-        else:
-            vm, orm = (value.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
-            out = json.loads(json.dumps(decode.decode_compare(cfg, policy, vm, orm, enc, splits['test'], cfg.device)))
-            report.write_atomic(path, json.dumps(out, indent=1))
-        keep = ('pass1', 'pass1_se', 'samples', 'tokens', 'seeds', 'by_difficulty')
-        results['decode'] = {m: {n: {k: v[k] for k in keep} for n, v in per.items()} for m, per in out['summary'].items()}
-        results['ranking'] = out['ranking']  # on the test pools: AUC, Pearson, pick of k (random and oracle beside)
-        for name in ('vm', 'orm'):
-            results.setdefault(name, {})['test_within_task_auc'] = out['ranking'][name]['within_task_auc']
-        print(report.decode_table(results['decode']))
-    results['wall_seconds'] = results.get('wall_seconds', 0.0) + time.time() - t_start
-    write_results(cfg, results)
+    if cfg.stage == 'data':
+        return {}
+    todo = [s for s in outputs.STAGES if cfg.stage in ('all', s)]
+    plan = planned_outputs(cfg)
+    try:
+        if cfg.restart:
+            restart(cfg, plan)
+        preflight(plan, todo)  # every check before any work
+    except outputs.Stale as e:
+        raise SystemExit(str(e))
+    search = {}  # the search stages' models, loaded once
+
+    def policy():
+        if 'policy' not in search:
+            search['policy'], name = final_policy(cfg)
+            tqdm.write(f"search stages use the policy in {name}")
+        return search['policy']
+
+    for o in (o for o in plan if o.stage in todo):
+        make(o, cfg.device, lambda: run_stage(o, cfg, enc, splits, policy))
+    with outputs.locked(cfg.out_dir):  # side-by-side runs: one assembles at a time, the last sees every record
+        results = assemble_results(cfg)
+        write_results(cfg, results)
+        report_path = report.write_report(results, cfg.out_dir)
     print_table(results)
-    report_path = report.write_report(results, cfg.out_dir)
     print(f"results written to {os.path.join(cfg.out_dir, 'results.json')} and {report_path}")
     return results
+
+
+def run_stage(o, cfg, enc, splits, policy):
+    """Make output o (see planned_outputs); returns what its record keeps as the result."""
+    if o.stage == 'sft':
+        _, ev = run_sft(cfg, enc, splits['sft'], splits[cfg.eval_split], splits['test'])
+        return dict(test_pass1=ev['pass1'], by_difficulty=ev['by_difficulty'], by_band=ev['by_band'])
+    if o.stage == 'rl':  # every method and seed starts from the same SFT model
+        start = os.path.join(cfg.out_dir, 'sft.pt')
+        if not os.path.exists(start):
+            raise SystemExit(f"rl starts from the SFT model, and {start} does not exist: run --stage=sft first")
+        history = restrl.train_rl(o.cfg, load_policy(start, cfg.device)[0], enc, splits['rl'], splits[cfg.eval_split],
+                                  splits['test'], o.path, cfg.device, o.method)
+        return dict(iters=history[-1]['iter'], history=history)
+    if o.stage == 'mcts':
+        records = mcts.collect_value_targets(cfg, policy(), enc, splits['rl'], cfg.out_dir, cfg.device)
+        n = [step['n'] for r in records for step in r['steps']]  # rollouts behind each line-end target
+        return dict(programs=len(records), tasks=len({r['task_id'] for r in records}),
+                    mean_reward=sum(r['value'] for r in records) / max(1, len(records)),
+                    line_targets=len(n), multi_rollout_frac=sum(k > 1 for k in n) / max(1, len(n)))
+    if o.stage == 'vm':
+        records = list(mcts.read_jsonl(os.path.join(cfg.out_dir, 'value_targets.jsonl')))
+        dev = value.dev_pool(cfg, policy(), enc, splits[cfg.eval_split], os.path.join(cfg.out_dir, 'vm_dev_pool.pt'),
+                             cfg.device)
+        return value.train_value_model(cfg, policy(), enc, records, dev, o.path, cfg.device,
+                                       only_complete=o.path.endswith('orm.pt'))
+    vm, orm = (value.load_value_model(os.path.join(cfg.out_dir, f'{n}.pt'), cfg.device) for n in ('vm', 'orm'))
+    return decode.decode_compare(cfg, policy(), vm, orm, enc, splits['test'], cfg.device, o.path)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import mcts
 import sandbox
 import tasks as T
-from model import GPTConfig, ValueModel, save_checkpoint, weights_digest
+from model import GPTConfig, ValueModel, load_checkpoint, save_checkpoint, weights_digest
 
 # -----------------------------------------------------------------------------
 # reading values
@@ -78,7 +78,7 @@ def value_scorer(vm, enc):
 
 
 def load_value_model(path, device):
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = load_checkpoint(path, device)
     vm = ValueModel(GPTConfig(**ckpt['model_args']), ckpt['reads_logp']).to(device)
     vm.load_state_dict(ckpt['model'])
     return vm.eval()
@@ -227,7 +227,7 @@ def dev_pool(cfg, policy, enc, dev_tasks, path, device):
     it was made with changed): where the VM's and ORM's checkpoints are chosen."""
     made_with = dict(policy=weights_digest(policy), seed=cfg.seed, tasks=cfg.vm_dev_tasks,
                      temperature=cfg.decode_temperature, max_new_tokens=cfg.max_new_tokens)
-    if os.path.exists(path) and (kept := torch.load(path, weights_only=False)).get('made_with') == made_with:
+    if os.path.exists(path) and (kept := load_checkpoint(path)).get('made_with') == made_with:
         return kept
     tasks = T.spread(dev_tasks, cfg.vm_dev_tasks)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -250,7 +250,7 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
                                   weight_decay=0.0)
     it, history, best = 0, [], None
     if os.path.exists(out_path):
-        ckpt = torch.load(out_path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(out_path, device)
         vm.load_state_dict(ckpt['model'])
         if ckpt['done']:
             log(f"{name}: complete in {out_path}, skipping")

@@ -19,7 +19,7 @@ rl_test_interval = 100
 rl_eval_interval = 1000              # dev only at the start and the end: the settings were chosen on dev (sweep_rl.py)
 # value targets from thousands of rl tasks, and decoding at N = 1-32 complete samples on 300 test tasks.
 # The VM without the policy's log-probs, for comparison (the same targets, dev pool and policy):
-#   mkdir out-vm-text && cp out-repro/{rl_rest_grpo_seed1337.pt,value_targets.jsonl,vm_dev_pool.pt} out-vm-text/
+#   mkdir out-vm-text && cp out-repro/{sft.pt,sft.json,rl_rest_grpo_seed1337.pt,rl_rest_grpo_seed1337.json,value_targets.jsonl,value_targets.json,vm_dev_pool.pt} out-vm-text/
 #   python train.py config/repro.py --out_dir=out-vm-text --stage=vm --vm_reads_logp=False
 #   python train.py config/repro.py --out_dir=out-vm-text --stage=decode --vm_reads_logp=False --decode_samples=16 --seeds=1
 mcts_collect_tasks = 3000

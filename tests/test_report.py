@@ -32,7 +32,8 @@ def fake_results():
               'rest_grpo': train.rl_summary({1: history(0.6, 0.5, [0.8, 0.9], 1200), 2: history(0.75, 0.6, [0.9, 1.0], 3200)})}
     return dict(config=dict(seed=1, seeds=2, rl_iters=2, rl_inner_steps=2, rl_reward='partial', rl_min_difficulty=1,
                             eval_samples=4, eval_temperature=0.7),
-                device='cpu', wall_seconds=60, sft=dict(test_pass1=0.5, by_difficulty={'1': 0.9, '2': 0.1}),
+                stages={'sft': dict(machines=[dict(device='cpu', name='x86_64', cpus=2, host='h')], wall_seconds=60)},
+                sft=dict(test_pass1=0.5, by_difficulty={'1': 0.9, '2': 0.1}),
                 train=json.loads(json.dumps(train_)), decode=decode, ranking=ranking)  # as results.json holds it
 
 
@@ -67,6 +68,7 @@ def test_report_without_matplotlib_is_text(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib now raises ImportError
     text = open(report.write_report(fake_results(), str(tmp_path))).read()
     assert 'pip install matplotlib' in text and '| grpo | 2 |' in text and not list(tmp_path.glob('*.png'))
+    assert '| sft | cpu (x86_64, 2 CPUs, h) | 1.0 min |' in text  # the machine of every stage
 
 
 def test_report_with_matplotlib_has_plots(tmp_path):
