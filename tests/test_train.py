@@ -43,6 +43,10 @@ def test_wrong_type_is_named():
         train.configure(['--stage=nonsense'])
     with pytest.raises(train.ConfigError, match="key 'seeds' must be at least 1"):
         train.configure(['--seeds=0'])
+    with pytest.raises(train.ConfigError, match="key 'rl_iters' must be at least 1"):  # no RL result without RL
+        train.configure(['--rl_iters=0'])
+    with pytest.raises(train.ConfigError, match="key 'restart' must be one of sft, rl, mcts, vm, decode"):
+        train.configure(['--restart=everything'])
     with pytest.raises(train.ConfigError, match="key 'eval_split' must be one of sft, rl, dev, test"):
         train.configure(['--eval_split=valid'])
     with pytest.raises(train.ConfigError, match="key 'decode_samples'"):
