@@ -22,6 +22,8 @@ import time
 
 import torch
 
+import ddp
+
 # The config keys each stage's output depends on. Left out on purpose, because they cannot change a result:
 # out_dir, stage, restart, device (the machine is recorded instead), eval_batch_size, sft_micro_batches and
 # rl_micro_batch (the same gradient, summed in slices), and the logging intervals sft_eval_interval,
@@ -90,14 +92,17 @@ def digest(path):
 def made_from(cfg, stage, inputs):
     """What an output of `stage` is made from: the config values it reads and the digests of its input files
     (named relative to where they are: data files by their path, out_dir files by their name)."""
-    return dict(config={k: getattr(cfg, k) for k in STAGE_KEYS[stage]},
-                inputs={name: digest(path) for name, path in inputs.items()})
+    config = {k: getattr(cfg, k) for k in STAGE_KEYS[stage]}
+    if ddp.world() > 1 and stage in ('sft', 'rl', 'vm'):  # their numbers depend on how many processes share a batch
+        config['world_size'] = ddp.world()  # (the MCTS and decoding outputs do not: their units keep their seeds)
+    return dict(config=config, inputs={name: digest(path) for name, path in inputs.items()})
 
 
 def machine(device):
     """The machine a record was made on: the device, its name, and the CPU count (the sandbox's workers)."""
     name = torch.cuda.get_device_name() if device.startswith('cuda') else (platform.processor() or platform.machine())
-    return dict(device=device, name=name, cpus=os.cpu_count(), host=platform.node())
+    out = dict(device=device, name=name, cpus=os.cpu_count(), host=platform.node())
+    return dict(out, processes=ddp.world()) if ddp.world() > 1 else out
 
 
 def differences(recorded, wanted):

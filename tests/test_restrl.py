@@ -554,7 +554,7 @@ def test_grpo_update_gradient_equals_one_full_recompute_pass(monkeypatch):
         model.zero_grad()
         return 0.0
     monkeypatch.setattr(restrl, '_step', capture)
-    restrl.grpo_update(policy, ref, None, batch, cfg, 0, nullcontext())
+    restrl.grpo_update(restrl.LogProbs(policy), ref, None, batch, cfg, 0, nullcontext())
 
     def full(model):  # (R, Tc) log-probs and mask by plain full recompute of each row
         rows = [(b['state']['ids'], c) for b in batch for c in b['ids']]
