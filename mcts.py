@@ -346,17 +346,17 @@ def resume_part(part):
 
 def merge_parts(path, n_batches, world):
     """Rank 0: the ranks' parts (rank r holds batches r, r + world, ...) into `path` in batch order."""
-    parts = [f'{path}.rank{r}' for r in range(world)]
-    ends = [[0] + json.load(open(p + '.progress'))['ends'] for p in parts]
-    data = [open(p, 'rb').read() for p in parts]
+    parts = [f'{path}.rank{r}' for r in range(world)]  # a rank with no batch (fewer batches than ranks) has none
+    ends = [[0] + (json.load(open(p + '.progress'))['ends'] if os.path.exists(p + '.progress') else []) for p in parts]
+    data = [open(p, 'rb').read() if os.path.exists(p) else b'' for p in parts]
     chunks = [data[b % world][ends[b % world][b // world]:ends[b % world][b // world + 1]] for b in range(n_batches)]
     with open(path + '.tmp', 'wb') as f:
         f.write(b''.join(chunks))
     os.replace(path + '.tmp', path)
     outputs.write_atomic(path + '.progress', json.dumps(dict(world=1, ends=list(itertools.accumulate(map(len, chunks))))))
-    for p in parts:
-        os.remove(p)
-        os.remove(p + '.progress')
+    for f in parts + [p + '.progress' for p in parts]:
+        if os.path.exists(f):
+            os.remove(f)
 
 
 # -----------------------------------------------------------------------------

@@ -547,6 +547,8 @@ def main(argv):
     except ConfigError as e:
         raise SystemExit(f"config error: {e}")
     config['device'] = ddp.setup(pick_device(config['device']))  # under torchrun: this rank's device
+    if not ddp.is_main():  # rank 0 speaks for all (their errors still reach stderr)
+        sys.stdout = open(os.devnull, 'w')
     cfg = SimpleNamespace(**config)
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -596,6 +598,8 @@ def run_stage(o, cfg, enc, splits, policy):
     """Make output o (see planned_outputs); returns what its record keeps as the result."""
     if o.stage == 'sft':
         _, ev = run_sft(cfg, enc, splits['sft'], splits[cfg.eval_split], splits['test'])
+        if ev is None:  # a rank other than 0: it does not evaluate
+            return {}
         return dict(test_pass1=ev['pass1'], by_difficulty=ev['by_difficulty'], by_band=ev['by_band'])
     if o.stage == 'rl':  # every method and seed starts from the same SFT model
         start = os.path.join(cfg.out_dir, 'sft.pt')
