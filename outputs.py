@@ -10,7 +10,9 @@ beside it, the same name ending in .json, written before the output's first byte
 Before any work, train.py compares the record of every output it would resume or reuse with what the current
 config would make (`check`), and stops with the file, each key that differs and the ways out when they differ.
 An output with no record (an earlier restrl) is refused the same way: never trusted. results.json is assembled
-from the finished records (`assemble`), so runs made side by side in one out_dir each add their own.
+from the finished records (train.assemble_results), so runs made side by side in one out_dir each add their own.
+Under torchrun (ddp.py) the SFT, RL and VM records also name the number of processes, which their numbers
+depend on.
 """
 import fcntl
 import hashlib
@@ -146,6 +148,7 @@ def start(output, stage, wanted, device):
     rec = read_record(output) if os.path.exists(output) else None
     if rec is None:
         rec = dict(stage=stage, made_from=wanted, done=False, machines=[], wall_seconds=0.0)
+    rec['done'] = False  # until finish(): an RL run extended to more iterations is unfinished again
     if machine(device) not in rec['machines']:
         rec['machines'].append(machine(device))
     write_atomic(record_path(output), json.dumps(rec, indent=1))
