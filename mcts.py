@@ -297,12 +297,13 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=tqdm.
     merged = os.path.exists(path + '.progress') and len(json.load(open(path + '.progress'))['ends']) == len(batches)
     part = path if ddp.world() == 1 or merged else f'{path}.rank{ddp.rank()}'
     mine = list(range(len(batches)))[ddp.rank()::ddp.world()]
-    ends = mine if merged else resume_part(part)  # merged: every batch is done
-    log(f"mcts: {len(ends)} of {len(mine)} batches of {cfg.mcts_batch_tasks} tasks already searched"
+    ends = resume_part(part)
+    left = [] if merged else mine[len(ends):]  # merged: every batch is in path
+    log(f"mcts: {len(mine) - len(left)} of {len(mine)} batches of {cfg.mcts_batch_tasks} tasks already searched"
         + (f" by rank {ddp.rank()}" if ddp.world() > 1 else '') + f", {cfg.mcts_collect_samples} samples each")
     policy.eval()
     stats, t0, roots = {}, time.time(), []
-    for b in tqdm(mine[len(ends):], desc='mcts', dynamic_ncols=True, disable=not ddp.is_main()):
+    for b in tqdm(left, desc='mcts', dynamic_ncols=True, disable=not ddp.is_main()):
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b)
         expand = policy_expander(policy, enc, cfg.max_new_tokens, cfg.mcts_temperature, stats, gen)
         trees = run_search([Tree(t, cfg.mcts_collect_samples) for t in batches[b]], expand, test_scorer(),
@@ -353,7 +354,7 @@ def merge_parts(path, n_batches, world):
     with open(path + '.tmp', 'wb') as f:
         f.write(b''.join(chunks))
     os.replace(path + '.tmp', path)
-    outputs.write_atomic(path + '.progress', json.dumps(dict(world=1, ends=list(itertools.accumulate(map(len, chunks))))))
+    outputs.write_atomic(path + '.progress', json.dumps(dict(world=world, ends=list(itertools.accumulate(map(len, chunks))))))
     for f in parts + [p + '.progress' for p in parts]:
         if os.path.exists(f):
             os.remove(f)
