@@ -123,10 +123,10 @@ class Stale(Exception):
     """An output made from other values than the current config would use."""
 
 
-def check(output, stage, wanted, changing=()):
+def check(output, stage, wanted, changing=(), ignore=()):
     """Raise Stale (the message names the file, what differs and the ways out) when `output` exists and its record
-    is missing, or says it was made from other values than `wanted`, or from an input in `changing` (one this
-    run will rewrite before using it)."""
+    is missing, or says it was made from other values than `wanted` (config keys in `ignore` aside), or from an
+    input in `changing` (one this run will rewrite before using it)."""
     if not os.path.exists(output):
         return
     rec = read_record(output)
@@ -134,7 +134,8 @@ def check(output, stage, wanted, changing=()):
         why = [f"  it has no record {os.path.basename(record_path(output))} of what it was made from "
                "(made by an earlier restrl, or copied without it)"]
     else:
-        why = differences(rec['made_from'], wanted)
+        drop = lambda m: dict(m, config={k: v for k, v in m['config'].items() if k not in ignore})  # noqa: E731
+        why = differences(drop(rec['made_from']), drop(wanted))
         why += [f"  input {k}: this run rewrites it first (it is not finished)" for k in wanted['inputs'] if k in changing]
     if why:
         raise Stale(f"{output} was not made from this config:\n" + "\n".join(why) + "\n"

@@ -48,6 +48,10 @@ def test_a_changed_key_is_refused_with_the_key_named(tmp_path):
     assert '--restart=decode' in str(e.value) and 'another --out_dir' in str(e.value)
     with pytest.raises(outputs.Stale, match=r"sft\.pt was not made from this config:\n  sft_lr: 0\.002 then, 0\.001"):
         train.preflight(train.planned_outputs(config(tmp_path, '--sft_lr=1e-3')), ['decode'])  # an input, too
+    # an earlier stage's output is reused whatever seed it was made with: RL seed 1338 from this SFT model
+    train.preflight(train.planned_outputs(config(tmp_path, '--seed=1338', '--seeds=1')), ['rl'])
+    with pytest.raises(outputs.Stale, match=r"seed: 1337 then, 1338 now"):  # but not when that stage runs again
+        train.preflight(train.planned_outputs(config(tmp_path, '--seed=1338')), ['sft', 'rl'])
     # keys that cannot change a result are not compared
     train.preflight(train.planned_outputs(config(tmp_path, '--eval_batch_size=7', '--rl_eval_interval=9',
                                                  '--rl_micro_batch=3', '--sft_eval_interval=5')), outputs.STAGES)
