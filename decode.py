@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
+import ddp
 import sandbox
 import tasks as T
 import value
@@ -80,21 +81,12 @@ def search_answers(cfg, policy, model, enc, tasks, n, gen, value_states):
             [t.tokens for t in trees])
 
 
-def seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record, done):
-    """One seed: the shared pool and its rankers, then the searches at every N; rows in `done` (method, N, seed)
-    are not made again, and the pool is drawn only when one of its rows or its ranking figures is missing.
-    Records the pool's ranking figures {scorer: {within_task_auc, pearson, pick_of_k}}, random and oracle beside,
-    as the row ('ranking', 0, seed)."""
-    if any((m, n, seed) not in done for m in BEST_OF_N for n in ns) or ('ranking', 0, seed) not in done:
-        pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)
-    for n in ns:
-        for method, model in zip(SEARCHES, (orm, vm)):
-            if (method, n, seed) in done:
-                continue
-            t0 = time.time()
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + n * 2 + (method == 'vm_mcts'))
-            answers, samples, tokens = search_answers(cfg, policy, model, enc, tasks, n, gen, method == 'vm_mcts')
-            record(method, n, seed, answers, samples, tokens, time.time() - t0)
+def search_row(cfg, policy, model, enc, tasks, n, seed, method, device, record):
+    """One search row: the search scored by `model` (the ORM or the VM), n samples per task, its own seed."""
+    t0 = time.time()
+    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + n * 2 + (method == 'vm_mcts'))
+    answers, samples, tokens = search_answers(cfg, policy, model, enc, tasks, n, gen, method == 'vm_mcts')
+    record(method, n, seed, answers, samples, tokens, time.time() - t0)
 
 
 def pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
@@ -128,18 +120,21 @@ def pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
 def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None, log=tqdm.write):
     """pass@1 of every method at every N (decode_samples) and seed (seed, seed+1, ...) on decode_tasks test tasks
     spread over the split. Each row (method, N, seed) is appended to rows_path as it is made, and a rerun makes
-    only the rows missing there (a torn last line, from a kill, is dropped). Returns {'unit', 'rows': one per
-    (method, N, seed) in a fixed order, 'summary': see summarise, 'ranking': the rankers' figures on the pools,
-    averaged over seeds}."""
+    only the rows missing there (a torn last line, from a kill, is dropped). The work comes in units, each with
+    its own seed: the greedy row, each seed's pool (its best-of-N rows and ranking figures), each search;
+    under torchrun they go round-robin to the ranks, each appending to its own part, and rank 0 merges the
+    parts: the rows one process makes. Returns {'unit', 'rows': one per (method, N, seed) in a fixed order,
+    'summary': see summarise, 'ranking': the rankers' figures on the pools, averaged over seeds}."""
     tasks = T.spread(test_tasks, cfg.decode_tasks)
     ns = [int(n) for n in str(cfg.decode_samples).split(',')]
-    rows = read_rows(rows_path)
+    part = rows_path if ddp.world() == 1 or not rows_path else f'{rows_path}.rank{ddp.rank()}'
+    rows = read_rows(rows_path) + (read_rows(part) if part != rows_path else [])
     done = {(r['method'], r['n'], r['seed']) for r in rows}
     for model in (policy, vm, orm):
         model.eval()
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
     bar = tqdm(total=1 + len(seeds) * (len(ns) * (len(BEST_OF_N) + len(SEARCHES)) + 1), initial=len(done),
-               desc='decode', dynamic_ncols=True)
+               desc='decode', dynamic_ncols=True, disable=not ddp.is_main())
 
     def record(method, n, seed, answers=None, samples=None, tokens=None, secs=0.0, figures=None):
         if (method, n, seed) in done:  # a pool redrawn for its missing rows: the rows already made stay
@@ -158,21 +153,38 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None
                 f"and {r['tokens']:.0f} tokens a task, {secs:.0f}s")
         r = json.loads(json.dumps(r))  # as it reads back from the file
         rows.append(r)
-        if rows_path:
-            with open(rows_path, 'a') as f:
+        if part:
+            with open(part, 'a') as f:
                 f.write(json.dumps(r) + '\n')
         bar.update(1)
 
-    if ('greedy', 0, cfg.seed) not in done:
+    def greedy_row():
         t0 = time.time()
         answers, tokens = [], []
         for i in range(0, len(tasks), cfg.mcts_batch_tasks):
             a, n = greedy_answers(cfg, policy, enc, tasks[i:i + cfg.mcts_batch_tasks])
             answers, tokens = answers + a, tokens + n
         record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
+
+    units = [([('greedy', 0, cfg.seed)], greedy_row)]  # (the rows a unit makes, how)
     for seed in seeds:
-        seed_run(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record, done)
+        units.append(([(m, n, seed) for m in BEST_OF_N for n in ns] + [('ranking', 0, seed)],
+                      lambda seed=seed: pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)))
+    for seed in seeds:
+        for n in ns:
+            for method, model in zip(SEARCHES, (orm, vm)):
+                units.append(([(method, n, seed)], lambda a=(model, n, seed, method): search_row(
+                    cfg, policy, a[0], enc, tasks, a[1], a[2], a[3], device, record)))
+    for keys, run in ddp.shard(units):
+        if any(k not in done for k in keys):
+            run()
     bar.close()
+    if part != rows_path:  # torchrun: rank 0 adds the ranks' rows to rows_path
+        ddp.barrier()
+        if ddp.is_main():
+            merge_rows(rows_path, ddp.world())
+        ddp.barrier()
+        rows = read_rows(rows_path)
     order = {m: i for i, m in enumerate(('ranking',) + METHODS)}
     rows = sorted((r for r in rows if r['seed'] in seeds), key=lambda r: (order[r['method']], r['n'], r['seed']))
     figures = [r['figures'] for r in rows if r['method'] == 'ranking']
@@ -180,6 +192,18 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None
     ranking = {name: {k: mean_of([f[name][k] for f in figures]) for k in figures[0][name]} for name in figures[0]}
     return dict(unit='complete samples per task (N); "tokens" = mean generated', rows=results,
                 summary=summarise(results), ranking=ranking)
+
+
+def merge_rows(path, world):
+    """Rank 0: append the rows of every rank's part to path (those it lacks), then remove the parts."""
+    have = {(r['method'], r['n'], r['seed']) for r in read_rows(path)}
+    parts = [f'{path}.rank{r}' for r in range(world)]
+    new = [r for p in parts for r in read_rows(p) if (r['method'], r['n'], r['seed']) not in have]
+    with open(path, 'a') as f:
+        f.write(''.join(json.dumps(r) + '\n' for r in new))
+    for p in parts:
+        if os.path.exists(p):
+            os.remove(p)
 
 
 def read_rows(path):

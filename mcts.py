@@ -20,6 +20,7 @@ call scores all their new samples (and children). Simplifications: a line's node
 sample to draw it ended there (as officially: later draws of the line join that node); and a node whose
 samples all end at once (an empty continuation) gets no child and is simply drawn from again.
 """
+import itertools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
+import ddp
 import outputs
 import sandbox
 import tasks as T
@@ -285,33 +287,39 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=tqdm.
     """Search mcts_collect_tasks rl tasks (spread over difficulties; tasks the RL stage trained on are fine: the
     VM is trained on the policy's own samples) with mcts_collect_samples samples each, scored by the tests;
     append a record per sample (value_targets) with its task_id and prompt to out_dir/value_targets.jsonl, one
-    batch of mcts_batch_tasks searches at a time. Each batch draws from its own seed (seed, batch), and
-    value_targets.jsonl.progress says how many batches (and bytes) are done, so a run killed anywhere resumes to
-    the file an uninterrupted run writes. Returns all records in the file."""
+    batch of mcts_batch_tasks searches at a time. Each batch draws from its own seed (seed, batch), and a
+    progress file says where each finished batch ends, so a run killed anywhere resumes to the file an
+    uninterrupted run writes. Under torchrun the batches go round-robin to the ranks, each writing its own part,
+    and rank 0 merges the parts in batch order: the same file as one process's. Returns all records."""
     path = os.path.join(out_dir, 'value_targets.jsonl')
-    progress_path = path + '.progress'
-    done = json.load(open(progress_path)) if os.path.exists(path) and os.path.exists(progress_path) else dict(
-        batches=0, bytes=0)
-    with open(path, 'ab') as f:  # cut what a killed run wrote after its last finished batch
-        f.truncate(done['bytes'])
     tasks = T.spread(rl_tasks, cfg.mcts_collect_tasks)
     batches = [tasks[i:i + cfg.mcts_batch_tasks] for i in range(0, len(tasks), cfg.mcts_batch_tasks)]
-    log(f"mcts: {done['batches']} of {len(batches)} batches of {cfg.mcts_batch_tasks} tasks already searched, "
-        f"{cfg.mcts_collect_samples} samples each")
+    merged = os.path.exists(path + '.progress') and len(json.load(open(path + '.progress'))['ends']) == len(batches)
+    part = path if ddp.world() == 1 or merged else f'{path}.rank{ddp.rank()}'
+    mine = list(range(len(batches)))[ddp.rank()::ddp.world()]
+    ends = resume_part(part)
+    left = [] if merged else mine[len(ends):]  # merged: every batch is in path
+    log(f"mcts: {len(mine) - len(left)} of {len(mine)} batches of {cfg.mcts_batch_tasks} tasks already searched"
+        + (f" by rank {ddp.rank()}" if ddp.world() > 1 else '') + f", {cfg.mcts_collect_samples} samples each")
     policy.eval()
     stats, t0, roots = {}, time.time(), []
-    for b in tqdm(range(done['batches'], len(batches)), desc='mcts', dynamic_ncols=True):
+    for b in tqdm(left, desc='mcts', dynamic_ncols=True, disable=not ddp.is_main()):
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b)
         expand = policy_expander(policy, enc, cfg.max_new_tokens, cfg.mcts_temperature, stats, gen)
         trees = run_search([Tree(t, cfg.mcts_collect_samples) for t in batches[b]], expand, test_scorer(),
                            num_sample=cfg.mcts_num_sample, c=cfg.mcts_c_collect, eps=cfg.mcts_eps)
         records = [dict(task_id=tree.task['task_id'], prompt=tree.task['prompt'], **r)
                    for tree in trees for r in value_targets(tree)]
-        with open(path, 'a') as f:
+        with open(part, 'a') as f:
             f.write(''.join(json.dumps(r) + '\n' for r in records))
-        done = dict(batches=b + 1, bytes=os.path.getsize(path))
-        outputs.write_atomic(progress_path, json.dumps(done))  # after the batch's bytes: it is finished
+        ends.append(os.path.getsize(part))
+        outputs.write_atomic(part + '.progress', json.dumps(dict(world=ddp.world(), ends=ends)))  # batch finished
         roots += [tree.root.value() for tree in trees]
+    if ddp.world() > 1 and not merged:
+        ddp.barrier()
+        if ddp.is_main():
+            merge_parts(path, len(batches), ddp.world())
+        ddp.barrier()
     records = list(read_jsonl(path))
     dt = max(time.time() - t0, 1e-9)
     if roots:
@@ -322,6 +330,34 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=tqdm.
     log(f"mcts: {len(records)} programs of {len({r['task_id'] for r in records})} tasks in {path}; "
         f"{len(n)} line-end targets, {sum(k > 1 for k in n) / max(1, len(n)):.0%} of them on 2+ rollouts")
     return records
+
+
+def resume_part(part):
+    """The end offsets of the batches already finished in `part` (from its progress file); what a killed run
+    wrote after the last of them is cut."""
+    progress = json.load(open(part + '.progress')) if os.path.exists(part) and os.path.exists(part + '.progress') \
+        else dict(world=ddp.world(), ends=[])
+    if progress['world'] != ddp.world():
+        raise SystemExit(f"{part} was being written by {progress['world']} processes, this run has {ddp.world()}: "
+                         "resume with as many, or --restart=mcts")
+    with open(part, 'ab') as f:
+        f.truncate(progress['ends'][-1] if progress['ends'] else 0)
+    return progress['ends']
+
+
+def merge_parts(path, n_batches, world):
+    """Rank 0: the ranks' parts (rank r holds batches r, r + world, ...) into `path` in batch order."""
+    parts = [f'{path}.rank{r}' for r in range(world)]  # a rank with no batch (fewer batches than ranks) has none
+    ends = [[0] + (json.load(open(p + '.progress'))['ends'] if os.path.exists(p + '.progress') else []) for p in parts]
+    data = [open(p, 'rb').read() if os.path.exists(p) else b'' for p in parts]
+    chunks = [data[b % world][ends[b % world][b // world]:ends[b % world][b // world + 1]] for b in range(n_batches)]
+    with open(path + '.tmp', 'wb') as f:
+        f.write(b''.join(chunks))
+    os.replace(path + '.tmp', path)
+    outputs.write_atomic(path + '.progress', json.dumps(dict(world=world, ends=list(itertools.accumulate(map(len, chunks))))))
+    for f in parts + [p + '.progress' for p in parts]:
+        if os.path.exists(f):
+            os.remove(f)
 
 
 # -----------------------------------------------------------------------------

@@ -10,7 +10,9 @@ beside it, the same name ending in .json, written before the output's first byte
 Before any work, train.py compares the record of every output it would resume or reuse with what the current
 config would make (`check`), and stops with the file, each key that differs and the ways out when they differ.
 An output with no record (an earlier restrl) is refused the same way: never trusted. results.json is assembled
-from the finished records (`assemble`), so runs made side by side in one out_dir each add their own.
+from the finished records (train.assemble_results), so runs made side by side in one out_dir each add their own.
+Under torchrun (ddp.py) the SFT, RL and VM records also name the number of processes, which their numbers
+depend on.
 """
 import fcntl
 import hashlib
@@ -21,6 +23,8 @@ import shutil
 import time
 
 import torch
+
+import ddp
 
 # The config keys each stage's output depends on. Left out on purpose, because they cannot change a result:
 # out_dir, stage, restart, device (the machine is recorded instead), eval_batch_size, sft_micro_batches and
@@ -90,14 +94,17 @@ def digest(path):
 def made_from(cfg, stage, inputs):
     """What an output of `stage` is made from: the config values it reads and the digests of its input files
     (named relative to where they are: data files by their path, out_dir files by their name)."""
-    return dict(config={k: getattr(cfg, k) for k in STAGE_KEYS[stage]},
-                inputs={name: digest(path) for name, path in inputs.items()})
+    config = {k: getattr(cfg, k) for k in STAGE_KEYS[stage]}
+    if ddp.world() > 1 and stage in ('sft', 'rl', 'vm'):  # their numbers depend on how many processes share a batch
+        config['world_size'] = ddp.world()  # (the MCTS and decoding outputs do not: their units keep their seeds)
+    return dict(config=config, inputs={name: digest(path) for name, path in inputs.items()})
 
 
 def machine(device):
     """The machine a record was made on: the device, its name, and the CPU count (the sandbox's workers)."""
     name = torch.cuda.get_device_name() if device.startswith('cuda') else (platform.processor() or platform.machine())
-    return dict(device=device, name=name, cpus=os.cpu_count(), host=platform.node())
+    out = dict(device=device, name=name, cpus=os.cpu_count(), host=platform.node())
+    return dict(out, processes=ddp.world()) if ddp.world() > 1 else out
 
 
 def differences(recorded, wanted):
@@ -142,6 +149,7 @@ def start(output, stage, wanted, device):
     rec = read_record(output) if os.path.exists(output) else None
     if rec is None:
         rec = dict(stage=stage, made_from=wanted, done=False, machines=[], wall_seconds=0.0)
+    rec['done'] = False  # until finish(): an RL run extended to more iterations is unfinished again
     if machine(device) not in rec['machines']:
         rec['machines'].append(machine(device))
     write_atomic(record_path(output), json.dumps(rec, indent=1))

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
+import ddp
 import sandbox
 import tasks as T
 from model import load_checkpoint, save_checkpoint, weights_digest
@@ -117,26 +118,28 @@ def filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
     """One offline ReST filtering pass (official: experiment/process_gen_data.py) over rl_filter_tasks fresh
     problems; appends the data set it builds (rest_grpo: (task, partial program) start states; rest_dpo:
     (task, chosen ids, rejected ids) pairs) to the pool's queue in a shuffled order. Returns the round's info."""
-    states = [make_state(i, '', rl_tasks, enc) for i in pool.fresh(cfg.rl_filter_tasks)]
+    states = ddp.shard([make_state(i, '', rl_tasks, enc) for i in pool.fresh(cfg.rl_filter_tasks)])  # this rank's
     groups, info = [], dict(NO_SAMPLES)
     chunk = max(1, cfg.eval_batch_size // cfg.rl_filter_samples)  # rows per sampler call as in an evaluation
     for k in range(0, len(states), chunk):
         g, inf = rollout(policy, enc, states[k:k + chunk], cfg.rl_filter_samples, cfg, generator,
                          cfg.rl_filter_temperature)
-        groups += g
+        groups += [dict(task_idx=x['state']['task_idx'], reward=x['reward'], ids=x['ids'], texts=x['texts']) for x in g]
         info = {key: v + inf[key] for key, v in info.items()}
+    groups = ddp.unshard(ddp.gather(groups))  # every rank's problems, in order: every rank builds the same data set
+    info['tokens'] = int(ddp.all_sum(info['tokens']))
     keep = keep_groups(torch.stack([g['reward'] for g in groups]), cfg.rl_std_threshold).tolist()
     items = []
     for g, kept in zip(groups, keep):
         if not kept:
             continue
-        i, best, worst = g['state']['task_idx'], int(g['reward'].argmax()), int(g['reward'].argmin())
+        i, best, worst = g['task_idx'], int(g['reward'].argmax()), int(g['reward'].argmin())
         if METHODS[method]['loss'] == 'dpo':
             items.append((i, g['ids'][best], g['ids'][worst]))  # rewards differ: the std is above the threshold
             continue
         items.append((i, ''))
         if METHODS[method]['prefixes'] and g['reward'][best] >= cfg.rl_prefix_min_reward:
-            prompt = g['state']['task']['prompt']  # a state keeps room for one new token at least
+            prompt = rl_tasks[i]['prompt']  # a state keeps room for one new token at least
             items += [(i, p) for p in prefix_states(g['texts'][best], rng, cfg.rl_prefix_lines_frac, cfg.rl_prefix_alpha)
                       if len(enc.encode_ordinary(prompt + p)) < policy.config.block_size]
     pool.queue += [items[j] for j in rng.permutation(len(items))]
@@ -246,6 +249,18 @@ def completion_logprobs(model, prompts, completions, pad):
     return lp, j[None] < Lc[:, None]  # (R, Tc), (R, Tc)
 
 
+class LogProbs(torch.nn.Module):
+    """The policy being trained, as a module whose forward is completion_logprobs: the form DDP wraps (ddp.wrap
+    all-reduces the gradients of what runs through a wrapped forward). In one process it is just a call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, prompts, completions, pad):
+        return completion_logprobs(self.model, prompts, completions, pad)
+
+
 def _slices(n, size):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -257,10 +272,12 @@ def _step(policy, optimizer, cfg):
     return float(norm)
 
 
-def grpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
+def grpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
     """GRPO on a batch of groups: rl_inner_steps optimizer steps, micro-batches of rl_micro_batch rows weighted to
-    give the batch mean. Reference log-probs are computed once per batch under no_grad; the old policy's are the
-    first step's own (detached), taken before any update, so that step has rho = 1 exactly and costs no extra pass.
+    give the batch mean. `trainee` is LogProbs(policy), DDP-wrapped under torchrun, where `batch` is this rank's
+    share: the weights use the whole batch's counts, times the number of ranks, because DDP averages.
+    Reference log-probs are computed once per batch under no_grad; the old policy's are the first step's own
+    (detached), taken before any update, so that step has rho = 1 exactly and costs no extra pass.
     Dropout stays off (eval mode): it would make pi and pi_old differ by noise."""
     # groups of similar completion length share a micro-batch, so rows carry less padding (the batch mean is
     # the same in any order)
@@ -273,61 +290,65 @@ def grpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
     rows = [slice(s.start * G, s.stop * G) for s in parts]
     with torch.no_grad(), ctx:
         ref_lp = [completion_logprobs(ref, prompts[s], comps[r], pad) for s, r in zip(parts, rows)]  # [(lp, mask)]
-    n_tok = sum(int(mask.sum()) for _, mask in ref_lp)
+    n_tok = ddp.all_sum(sum(int(mask.sum()) for _, mask in ref_lp))  # over every rank's groups
+    n_groups, W = ddp.all_sum(len(batch)), ddp.world()
     old_lp = [None] * len(parts)
     tot = dict(loss=0.0, kl=0.0, clip_frac=0.0, ratio=0.0, grad_norm=0.0)
     for step in range(cfg.rl_inner_steps):
         for i, (s, r, (r_lp, mask)) in enumerate(zip(parts, rows, ref_lp)):
-            with ctx:
-                lp, _ = completion_logprobs(policy, prompts[s], comps[r], pad)
-            if step == 0:
-                old_lp[i] = lp.detach()  # pi_old = the policy that sampled the batch
-            loss, st = grpo_loss(lp, old_lp[i], r_lp, adv[r].to(lp.device), mask,
-                                 cfg.rl_clip_eps, cfg.rl_kl_coef, cfg.rl_token_level)
-            share = int(mask.sum()) / n_tok if cfg.rl_token_level else (s.stop - s.start) / len(batch)
-            (loss * share).backward()  # the micro-batch's share of the batch mean
+            with ddp.no_sync(trainee, last=i == len(parts) - 1), ctx:  # one all-reduce per step
+                lp, _ = trainee(prompts[s], comps[r], pad)
+                if step == 0:
+                    old_lp[i] = lp.detach()  # pi_old = the policy that sampled the batch
+                loss, st = grpo_loss(lp, old_lp[i], r_lp, adv[r].to(lp.device), mask,
+                                     cfg.rl_clip_eps, cfg.rl_kl_coef, cfg.rl_token_level)
+                share = int(mask.sum()) / n_tok if cfg.rl_token_level else (s.stop - s.start) / n_groups
+                (loss * share * W).backward()  # the micro-batch's share of the batch mean (DDP divides by W)
             tot['loss'] += loss.item() * share
             for k, v in st.items():
                 tot[k] += v * int(mask.sum()) / n_tok  # token-weighted means
-        tot['grad_norm'] += _step(policy, optimizer, cfg)
-    tot = {k: v / cfg.rl_inner_steps for k, v in tot.items()}
+        tot['grad_norm'] += _step(trainee, optimizer, cfg)
+    tot = {k: ddp.all_sum(v) / cfg.rl_inner_steps if k != 'grad_norm' else v / cfg.rl_inner_steps
+           for k, v in tot.items()}
     # |log pi_old - log pi at sampling|: float noise, unless sampler and trainer disagree (a bug, or bfloat16)
     old = torch.cat([o_lp[mask].cpu() for o_lp, (_, mask) in zip(old_lp, ref_lp)])
     tot['sampler_logp_err'] = float((old - torch.cat([lp for g in batch for lp in g['logp']])).abs().max())
     return tot
 
 
-def dpo_update(policy, ref, optimizer, batch, cfg, pad, ctx):
-    """DPO on the (best, worst) pair of every group against the frozen reference; rl_inner_steps steps."""
+def dpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
+    """DPO on the (best, worst) pair of every group against the frozen reference; rl_inner_steps steps. `trainee`
+    and the weights as in grpo_update."""
     prompts = [g['state']['ids'] for g in batch]
     chosen = [g['ids'][int(g['reward'].argmax())] for g in batch]
     rejected = [g['ids'][int(g['reward'].argmin())] for g in batch]
     parts = _slices(len(batch), max(1, cfg.rl_micro_batch // 2))  # a pair is two rows
 
-    def seq_logp(model, s):  # log-prob sums and per-token log-probs of chosen then rejected rows
+    def seq_logp(logprobs, s):  # log-prob sums and per-token log-probs of chosen then rejected rows
         pairs = [c for pair in zip(chosen[s], rejected[s]) for c in pair]  # each prompt's two rows: (c, r)
-        lp, mask = completion_logprobs(model, prompts[s], pairs, pad)
+        lp, mask = logprobs(prompts[s], pairs, pad)
         order = torch.cat([torch.arange(0, len(pairs), 2), torch.arange(1, len(pairs), 2)])  # chosen, rejected
         lp, mask = torch.where(mask, lp.float(), 0.0)[order], mask[order]
         return lp.sum(1), lp, mask
 
     with torch.no_grad(), ctx:
-        ref_out = [seq_logp(ref, s) for s in parts]
+        ref_out = [seq_logp(lambda *a: completion_logprobs(ref, *a), s) for s in parts]
     tot = dict(loss=0.0, kl=0.0, reward_acc=0.0, margin=0.0, grad_norm=0.0)
+    n_pairs, W = ddp.all_sum(len(batch)), ddp.world()
     for _ in range(cfg.rl_inner_steps):
-        for s, (r_seq, r_lp, mask) in zip(parts, ref_out):
-            with ctx:
-                seq, lp, _ = seq_logp(policy, s)
-            P, share = s.stop - s.start, (s.stop - s.start) / len(batch)
-            loss, st = dpo_loss(seq[:P], seq[P:], r_seq[:P], r_seq[P:], cfg.rl_dpo_beta)
-            (loss * share).backward()
+        for i, (s, (r_seq, r_lp, mask)) in enumerate(zip(parts, ref_out)):
+            with ddp.no_sync(trainee, last=i == len(parts) - 1), ctx:
+                seq, lp, _ = seq_logp(trainee, s)
+                P, share = s.stop - s.start, (s.stop - s.start) / n_pairs
+                loss, st = dpo_loss(seq[:P], seq[P:], r_seq[:P], r_seq[P:], cfg.rl_dpo_beta)
+                (loss * share * W).backward()  # DDP divides by W
             log_ref = (r_lp - lp).detach()  # log(pi_ref / pi), 0 at pads
             st['kl'] = float((log_ref.exp() - log_ref - 1).sum() / mask.sum())  # k3 KL, logged only
             tot['loss'] += loss.item() * share
             for k, v in st.items():
                 tot[k] += v * share
-        tot['grad_norm'] += _step(policy, optimizer, cfg)
-    return {k: v / cfg.rl_inner_steps for k, v in tot.items()}
+        tot['grad_norm'] += _step(trainee, optimizer, cfg)
+    return {k: (v if k == 'grad_norm' else ddp.all_sum(v)) / cfg.rl_inner_steps for k, v in tot.items()}
 
 
 # -----------------------------------------------------------------------------
@@ -347,25 +368,31 @@ def next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
     return pool.take(B), info
 
 
-def train_step(method, policy, ref, optimizer, items, enc, rl_tasks, cfg, generator, ctx):
-    """One batch of items -> rl_inner_steps optimizer steps. Returns (sampled groups, rollout info, update stats)."""
-    pad = T.pad_id(enc)
+def train_step(method, trainee, ref, optimizer, items, enc, rl_tasks, cfg, generator, ctx):
+    """One batch of items -> rl_inner_steps optimizer steps; under torchrun each rank samples, scores and trains
+    on its share of the items. Returns (every rank's sampled groups, in brief; rollout info; update stats)."""
+    pad, policy = T.pad_id(enc), trainee.module.model if hasattr(trainee, 'module') else trainee.model
+    mine = ddp.shard(items)
     if METHODS[method]['loss'] == 'dpo':  # a pair is a two-row group whose first row won
         pairs = [dict(state=make_state(i, '', rl_tasks, enc), ids=[c, r], reward=torch.tensor([1.0, 0.0]))
-                 for i, c, r in items]
-        return [], dict(NO_SAMPLES), dpo_update(policy, ref, optimizer, pairs, cfg, pad, ctx)
-    states = [make_state(i, p, rl_tasks, enc) for i, p in items]
+                 for i, c, r in mine]
+        return [], dict(NO_SAMPLES), dpo_update(trainee, ref, optimizer, pairs, cfg, pad, ctx)
+    states = [make_state(i, p, rl_tasks, enc) for i, p in mine]
     with ctx:
         groups, info = rollout(policy, enc, states, cfg.rl_group_size, cfg, generator, cfg.rl_temperature)
-    return groups, info, grpo_update(policy, ref, optimizer, groups, cfg, pad, ctx)
+    stats = grpo_update(trainee, ref, optimizer, groups, cfg, pad, ctx)
+    brief = [dict(reward=g['reward'], binary=g['binary'], fresh=g['state']['partial'] == '',
+                  difficulty=g['state']['task']['difficulty']) for g in groups]  # what the iteration record reads
+    info.update(tokens=int(ddp.all_sum(info['tokens'])), truncated=int(ddp.all_sum(info['truncated'])))
+    return ddp.unshard(ddp.gather(brief)), info, stats
 
 
 def _effective_by_difficulty(groups):
     """{difficulty: [informative, all]} over the groups of fresh problems (prefix states are easier)."""
     out = {}
     for g in groups:
-        if g['state']['partial'] == '':
-            counts = out.setdefault(g['state']['task']['difficulty'], [0, 0])
+        if g['fresh']:
+            counts = out.setdefault(g['difficulty'], [0, 0])
             counts[0] += int(g['reward'].max() > g['reward'].min())
             counts[1] += 1
     return dict(sorted(out.items()))
@@ -383,7 +410,7 @@ def iteration_record(it, prev, groups, n_items, sample_info, filter_info, stats,
                filter_kept=prev.get('filter_kept', 0) + filter_info['kept'], **stats)
     if groups:  # the training samples (not rest_dpo's, which trains on the filter's own)
         R = torch.stack([g['reward'] for g in groups])  # (items, G)
-        fresh = torch.tensor([g['state']['partial'] == '' for g in groups])
+        fresh = torch.tensor([g['fresh'] for g in groups])
         rec.update(reward=R.mean().item(), reward_binary=torch.stack([g['binary'] for g in groups]).mean().item(),
                    effective_group_frac=(R.amax(1) > R.amin(1)).float().mean().item(),  # nonzero std: a gradient
                    prefix_frac=1 - fresh.float().mean().item(),  # share of trained groups that start mid-program
@@ -449,6 +476,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     name = f"rl {method} seed {cfg.seed}"
     policy.eval()  # no dropout anywhere in RL: it would make pi, pi_old and the sampler disagree by noise
     ref = copy.deepcopy(policy).requires_grad_(False)
+    trainee = ddp.wrap(LogProbs(policy), device)  # under torchrun, DDP all-reduces the update's gradients
     optimizer = policy.configure_optimizers(cfg.rl_weight_decay, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])
     pool = StatePool(rl_task_ids(rl_tasks, cfg), cfg.seed)
     history, it0 = [], 0
@@ -461,7 +489,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         history, it0 = ckpt['history'], ckpt['iter_num']
         log(f"{name}: resuming from iteration {it0} of {path}")
 
-    def evaluate(rec, split):
+    def evaluate(rec, split):  # rank 0 only
         if split == 'eval':
             ev = T.evaluate_greedy(policy, enc, T.spread(eval_tasks, cfg.eval_tasks), device, cfg.max_new_tokens,
                                    cfg.eval_batch_size)
@@ -476,13 +504,16 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         return f", test pass@1 {ev['pass1']:.3f} (sampled at {cfg.eval_temperature:g}: {sampled['pass1']:.3f})"
 
     def checkpoint(it):
-        save_checkpoint(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it, method=method,
-                             model_args=asdict(policy.config), pool=pool.state_dict(), history=history,
-                             config=vars(cfg)), path)
+        if ddp.is_main():
+            save_checkpoint(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it,
+                                 method=method, model_args=asdict(policy.config), pool=pool.state_dict(),
+                                 history=history, config=vars(cfg)), path)
 
     if not history:  # iteration 0: the starting policy, evaluated once per (weights, seed, evaluation settings)
         cache = start_eval_path(policy, cfg, test_tasks is not None, path)
-        if os.path.exists(cache):  # every method of a seed starts from the same model: its start is the same
+        if not ddp.is_main():  # rank 0 evaluates; the others keep a bare start record
+            history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
+        elif os.path.exists(cache):  # every method of a seed starts from the same model: its start is the same
             history.append(load_checkpoint(cache))
             log(f"{name}: start evaluation reused from {cache}")
         else:
@@ -493,29 +524,34 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
             said = evaluate(history[0], 'eval') + (evaluate(history[0], 'test') if test_tasks is not None else '')
             save_checkpoint(history[0], cache)
             log(f"{name}: start{said}")
+        ddp.barrier()
     ctx = _autocast(cfg)
-    bar = tqdm(total=cfg.rl_iters, initial=it0, desc=name, dynamic_ncols=True)
+    bar = tqdm(total=cfg.rl_iters, initial=it0, desc=name, dynamic_ncols=True, disable=not ddp.is_main())
     for it in range(it0 + 1, cfg.rl_iters + 1):
         t0 = time.time()
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + it)
+        # this rank's samples (rank 0's are one process's); the filter's shuffle (rng) is the same on every rank
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + it + 7_777_777_777 * ddp.rank())
         rng = np.random.default_rng([cfg.seed, it])
         with ctx:
             items, filter_info = next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng)
         groups, sample_info, stats = [], dict(NO_SAMPLES), {}
-        if items:  # empty only when no problem in the pool is informative any more
-            groups, sample_info, stats = train_step(method, policy, ref, optimizer, items, enc, rl_tasks, cfg,
-                                                    generator, ctx)
+        if len(items) >= ddp.world():  # none only when no problem in the pool is informative any more (each
+            groups, sample_info, stats = train_step(method, trainee, ref, optimizer, items, enc, rl_tasks, cfg,
+                                                    generator, ctx)  # rank needs one item, or DDP would wait)
         rec = iteration_record(it, history[-1], groups, len(items), sample_info, filter_info, stats,
                                time.time() - t0, cfg)
         said = ''
-        if it % cfg.rl_eval_interval == 0 or it == cfg.rl_iters:
+        if ddp.is_main() and (it % cfg.rl_eval_interval == 0 or it == cfg.rl_iters):
             said += evaluate(rec, 'eval')
-        if test_tasks is not None and (it == cfg.rl_iters or cfg.rl_test_interval and it % cfg.rl_test_interval == 0):
+        if ddp.is_main() and test_tasks is not None and (it == cfg.rl_iters or cfg.rl_test_interval
+                                                         and it % cfg.rl_test_interval == 0):
             said += evaluate(rec, 'test')
+        ddp.barrier()
         history.append(rec)
         checkpoint(it)
         bar.update(1)
-        log(describe(name, rec) + said)
+        if ddp.is_main():
+            log(describe(name, rec) + said)
     bar.close()
     return history
 

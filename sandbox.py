@@ -529,7 +529,8 @@ def shutdown():
 
 
 def run_batch(jobs, workers=None, timeout=DEFAULT_TIMEOUT, memory_mb=DEFAULT_MEMORY_MB, stop_at_failure=False):
-    """Run (program, tests) jobs on a warm pool of `workers` processes; results in job order.
+    """Run (program, tests) jobs on a warm pool of `workers` processes (default: this process's share of the
+    cores); results in job order.
     stop_at_failure: for an all-or-nothing reward, run the tests one after another in the program's process
     and stop at the first failure (no fork per test; `passed` then counts the tests before it, so
     Result.reward is no partial credit). Default: every test from the state the program left, in a fork."""
@@ -542,7 +543,9 @@ def run_batch(jobs, workers=None, timeout=DEFAULT_TIMEOUT, memory_mb=DEFAULT_MEM
         raise ValueError(f'run_batch: need timeout > 0 and memory_mb >= 16, got {timeout}, {memory_mb}')
     if not jobs:
         return []
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    # default: the machine's cores, shared with the other processes of a torchrun job on this machine
+    share = (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    n_workers = max(1, min(workers or share, len(jobs)))
     with _pool_lock:
         try:
             return _run_on_pool(jobs, n_workers, timeout, memory_mb, stop_at_failure)

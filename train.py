@@ -5,6 +5,7 @@ restrl's one entry point: every stage of ReST-RL on the toy code benchmark, chec
     python train.py config/smoke.py                  # the same stages, tiny, in a few minutes
     python train.py --stage=rl --method=grpo         # one stage, one RL method
     python train.py config/gpu.py --out_dir=out-gpu  # a config file, then --key=value overrides
+    torchrun --standalone --nproc_per_node=4 train.py config/gpu.py   # data parallel over 4 GPUs (ddp.py)
 
 Stages, in order (each writes into out_dir and is skipped on a rerun once complete):
     data   check the task files and the tokenizer
@@ -29,6 +30,7 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
+import ddp
 import decode
 import mcts
 import outputs
@@ -235,19 +237,21 @@ def sft_backward(model, x_all, y_all, len_all, ix, micro_batches, dev, ctx=nullc
     """Accumulate the gradient of the batch's mean cross-entropy over all its target tokens, running the rows
     sorted by length in `micro_batches` slices, each cut to its own longest row: the same gradient as one
     padded pass, without computing the padding (a random batch is ~1.6x its real tokens when padded whole).
-    Returns the batch loss and its number of target tokens."""
+    Under torchrun (model DDP-wrapped) each rank runs every world-th row of the sorted batch. Returns the batch
+    loss and its number of target tokens."""
     ix = ix[len_all[ix].argsort()]
-    n_targets = int((y_all[ix] != -1).sum())
+    n_targets = int((y_all[ix] != -1).sum())  # the whole batch's, over every rank
+    slices = ddp.shard(ix).chunk(micro_batches)
     loss_sum = 0.0
-    for rows in ix.chunk(micro_batches):
+    for k, rows in enumerate(slices):
         L = int(len_all[rows].max())
         x, y = x_all[rows, :L].to(dev), y_all[rows, :L].to(dev)
-        with ctx:
+        with ddp.no_sync(model, last=k == len(slices) - 1), ctx:  # one all-reduce per batch
             _, loss = model(x, y)  # mean over this slice's targets
-        n = int((y != -1).sum())
-        (loss * n / n_targets).backward()  # sum over slices of n_i * mean_i / n = the batch mean
+            n = int((y != -1).sum())
+            (loss * n / n_targets * ddp.world()).backward()  # sum of n_i * mean_i / n = the batch mean (DDP: / W)
         loss_sum += loss.item() * n
-    return loss_sum / n_targets, n_targets
+    return ddp.all_sum(loss_sum) / n_targets, n_targets
 
 
 def cosine_lr(it, peak, warmup, total):
@@ -264,6 +268,7 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
                       vocab_size=enc.n_vocab, dropout=cfg.dropout, bias=cfg.bias)
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**model_args)).to(dev)
+    wrapped = ddp.wrap(model, dev)  # under torchrun, DDP all-reduces the gradients (the same init: seeded alike)
     optimizer = model.configure_optimizers(cfg.sft_weight_decay, cfg.sft_lr, (0.9, 0.95), dev.split(':')[0])
     it, history = 0, []
     if os.path.exists(path):
@@ -285,11 +290,12 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
     ctx = torch.autocast('cuda', dtype=torch.bfloat16) if cfg.dtype == 'bfloat16' else nullcontext()
 
     def checkpoint(done, eval_result=None):
-        save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
+        if ddp.is_main():
+            save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
                              iter_num=it, config=vars(cfg), history=history, done=done, eval=eval_result), path)
 
     t0, tokens_seen = time.time(), 0
-    bar = tqdm(total=cfg.sft_iters, initial=it, desc='sft', dynamic_ncols=True)
+    bar = tqdm(total=cfg.sft_iters, initial=it, desc='sft', dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.sft_iters:
         # the batch depends only on (seed, iteration), so a resumed run sees the batches it would have seen
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
@@ -297,14 +303,14 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
         for group in optimizer.param_groups:
             group['lr'] = cosine_lr(it, cfg.sft_lr, cfg.sft_warmup_iters, cfg.sft_iters)
         optimizer.zero_grad(set_to_none=True)
-        loss, n_targets = sft_backward(model, x_all, y_all, len_all, ix, cfg.sft_micro_batches, dev, ctx)
+        loss, n_targets = sft_backward(wrapped, x_all, y_all, len_all, ix, cfg.sft_micro_batches, dev, ctx)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         it += 1
         tokens_seen += n_targets
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
-        if it % cfg.sft_eval_interval == 0 or it == cfg.sft_iters:
+        if ddp.is_main() and (it % cfg.sft_eval_interval == 0 or it == cfg.sft_iters):
             dt = time.time() - t0
             ev = T.evaluate_greedy(model, enc, T.spread(eval_tasks, cfg.eval_tasks), dev,
                                    cfg.max_new_tokens, cfg.eval_batch_size)
@@ -316,10 +322,12 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
                 f"{tokens_seen / dt:.0f} target tok/s, {left / 60:.1f} min left")
             checkpoint(done=False)
     bar.close()
-    ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.final_eval_tasks), dev, cfg.max_new_tokens,
-                           cfg.eval_batch_size)
-    log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)}); by difficulty "
-        + ", ".join(f"{d}: {p:.2f}" for d, p in sorted(ev['by_difficulty'].items())))
+    ev = None  # rank 0 evaluates
+    if ddp.is_main():
+        ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.final_eval_tasks), dev, cfg.max_new_tokens,
+                               cfg.eval_batch_size)
+        log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)}); by difficulty "
+            + ", ".join(f"{d}: {p:.2f}" for d, p in sorted(ev['by_difficulty'].items())))
     checkpoint(done=True, eval_result=ev)
     return model, ev
 
@@ -424,10 +432,12 @@ def make(o, device, work):
     if finished(o):
         tqdm.write(f"{o.stage}: complete in {o.path}, skipping")
         return outputs.read_record(o.path)['result']
-    rec = outputs.start(o.path, o.stage, wanted(o), device)
+    rec = outputs.start(o.path, o.stage, wanted(o), device) if ddp.is_main() else None  # rank 0 keeps the records
     t0 = time.time()
     result = json.loads(json.dumps(work()))  # the record's view: what JSON keeps (dict keys become strings)
-    outputs.finish(o.path, rec, time.time() - t0, result)
+    if ddp.is_main():
+        outputs.finish(o.path, rec, time.time() - t0, result)
+    ddp.barrier()
     return result
 
 
@@ -539,7 +549,9 @@ def main(argv):
         config = configure(argv)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}")
-    config['device'] = pick_device(config['device'])
+    config['device'] = ddp.setup(pick_device(config['device']))  # under torchrun: this rank's device
+    if not ddp.is_main():  # rank 0 speaks for all (their errors still reach stderr)
+        sys.stdout = open(os.devnull, 'w')
     cfg = SimpleNamespace(**config)
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -548,15 +560,17 @@ def main(argv):
         splits = {name: T.load_tasks(os.path.join(cfg.data_dir, f'{name}.jsonl')) for name in SPLITS}
     except (OSError, ValueError) as e:
         raise SystemExit(f"data error: {e}")
-    print("data: " + ", ".join(f"{k} {len(v)} tasks" for k, v in splits.items()) + f"; vocab {enc.n_vocab}; "
-          f"device {cfg.device}")
+    if ddp.is_main():
+        print("data: " + ", ".join(f"{k} {len(v)} tasks" for k, v in splits.items()) + f"; vocab {enc.n_vocab}; "
+              f"device {cfg.device}" + (f", {ddp.world()} processes" if ddp.world() > 1 else ''))
     if cfg.stage == 'data':
         return {}
     todo = [s for s in outputs.STAGES if cfg.stage in ('all', s)]
     plan = planned_outputs(cfg)
     try:
-        if cfg.restart:
+        if cfg.restart and ddp.is_main():
             restart(cfg, plan)
+        ddp.barrier()
         preflight(plan, todo)  # every check before any work
     except outputs.Stale as e:
         raise SystemExit(str(e))
@@ -570,12 +584,16 @@ def main(argv):
 
     for o in (o for o in plan if o.stage in todo):
         make(o, cfg.device, lambda: run_stage(o, cfg, enc, splits, policy))
+    if not ddp.is_main():
+        ddp.cleanup()
+        return {}
     with outputs.locked(cfg.out_dir):  # side-by-side runs: one assembles at a time, the last sees every record
         results = assemble_results(cfg)
         write_results(cfg, results)
         report_path = report.write_report(results, cfg.out_dir)
     print_table(results)
     print(f"results written to {os.path.join(cfg.out_dir, 'results.json')} and {report_path}")
+    ddp.cleanup()
     return results
 
 
@@ -583,6 +601,8 @@ def run_stage(o, cfg, enc, splits, policy):
     """Make output o (see planned_outputs); returns what its record keeps as the result."""
     if o.stage == 'sft':
         _, ev = run_sft(cfg, enc, splits['sft'], splits[cfg.eval_split], splits['test'])
+        if ev is None:  # a rank other than 0: it does not evaluate
+            return {}
         return dict(test_pass1=ev['pass1'], by_difficulty=ev['by_difficulty'], by_band=ev['by_band'])
     if o.stage == 'rl':  # every method and seed starts from the same SFT model
         start = os.path.join(cfg.out_dir, 'sft.pt')

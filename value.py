@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import ddp
 import mcts
 import sandbox
 import tasks as T
@@ -224,28 +225,42 @@ def vm_loss(vm, items, rank_coef, pad_id, device):
 
 def dev_pool(cfg, policy, enc, dev_tasks, path, device):
     """vm_dev_tasks dev tasks x 16 samples, graded once and kept in `path` (remade when the policy or a setting
-    it was made with changed): where the VM's and ORM's checkpoints are chosen."""
+    it was made with changed): where the VM's and ORM's checkpoints are chosen. Rank 0 makes it."""
     made_with = dict(policy=weights_digest(policy), seed=cfg.seed, tasks=cfg.vm_dev_tasks,
                      temperature=cfg.decode_temperature, max_new_tokens=cfg.max_new_tokens)
-    if os.path.exists(path) and (kept := load_checkpoint(path)).get('made_with') == made_with:
-        return kept
-    tasks = T.spread(dev_tasks, cfg.vm_dev_tasks)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, cfg.decode_temperature, gen)
-    out = dict(tasks=tasks, pool=pool, passed=grade_pool(tasks, pool), made_with=made_with)
-    save_checkpoint(out, path)
-    return out
+    if ddp.is_main() and not (os.path.exists(path) and load_checkpoint(path).get('made_with') == made_with):
+        tasks = T.spread(dev_tasks, cfg.vm_dev_tasks)
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, cfg.decode_temperature, gen)
+        save_checkpoint(dict(tasks=tasks, pool=pool, passed=grade_pool(tasks, pool), made_with=made_with), path)
+    ddp.barrier()
+    return load_checkpoint(path)
+
+
+class Loss(torch.nn.Module):
+    """vm_loss as a module's forward: the form DDP wraps (ddp.wrap) to all-reduce the VM's gradients."""
+
+    def __init__(self, vm):
+        super().__init__()
+        self.vm = vm
+
+    def forward(self, items, rank_coef, pad_id, device):
+        return vm_loss(self.vm, items, rank_coef, pad_id, device)
 
 
 def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_complete=False, log=tqdm.write):
     """The VM (or with only_complete the ORM: the same model, loss, steps and batch) on the mcts records, from
     the policy's weights. Validates every vm_eval_interval steps on the dev pool `dev` (dev_pool) and keeps the
-    step with the best within-task AUC. Checkpoints to out_path and resumes from it. Returns the kept metrics."""
+    step with the best within-task AUC. Checkpoints to out_path and resumes from it. Returns the kept metrics.
+    Under torchrun each rank takes its share of every batch's tasks and DDP averages the ranks' losses' gradients
+    (each rank's mean: the one-process loss when the ranks hold equal numbers of lines and pairs, close otherwise);
+    rank 0 validates, keeps the best step and writes the checkpoint."""
     name = 'orm' if only_complete else 'vm'
     items = training_items(records, enc, policy.config.block_size, cfg.vm_target, only_complete)
     if not items:
         raise ValueError(f"{name}: no training programs ({len(records)} records given)")
     vm = ValueModel.from_policy(policy, cfg.vm_reads_logp).to(device)
+    trainee = ddp.wrap(Loss(vm), device)
     optimizer = torch.optim.AdamW([p for p in vm.parameters() if p.requires_grad], lr=cfg.vm_lr, betas=(0.9, 0.95),
                                   weight_decay=0.0)
     it, history, best = 0, [], None
@@ -261,24 +276,26 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
     log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {cfg.vm_target} targets"
         + ('' if only_complete else ' at every line end'))
     def save(done):  # a finished checkpoint holds the kept step's weights and metrics
-        save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
-                             model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it, config=vars(cfg),
-                             history=history, done=done, metrics=dict(best['metrics'], iters_trained=it)), out_path)
+        if ddp.is_main():
+            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
+                                 model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it,
+                                 config=vars(cfg), history=history, done=done,
+                                 metrics=dict(best['metrics'], iters_trained=it)), out_path)
 
     complete = [[d.complete for d in draws] for draws in dev['pool']]
-    bar = tqdm(total=cfg.vm_iters, initial=it, desc=name, dynamic_ncols=True)
+    bar = tqdm(total=cfg.vm_iters, initial=it, desc=name, dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.vm_iters:
         vm.train()
         rng = random.Random(cfg.seed * 1_000_003 + it)  # batches depend on (seed, iteration) only
-        loss, parts = vm_loss(vm, rng.sample(items, min(cfg.vm_batch_tasks, len(items))), cfg.vm_rank_coef,
-                              T.pad_id(enc), device)
+        batch = ddp.shard(rng.sample(items, min(cfg.vm_batch_tasks, len(items))))  # this rank's tasks of it
+        loss, parts = trainee(batch, cfg.vm_rank_coef, T.pad_id(enc), device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vm.parameters(), cfg.grad_clip)
         optimizer.step()
         it += 1
         bar.update(1)
-        if it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters:
+        if ddp.is_main() and (it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters):
             scores = program_scores(vm.eval(), enc, dev['tasks'], dev['pool'])
             metrics = dict(iter=it, loss=loss.item(), **parts,
                            **{f'dev_{k}': v for k, v in ranking(scores, dev['passed'], complete=complete).items()})
@@ -288,6 +305,8 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
             save(done=False)
             log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     bar.close()
+    if not ddp.is_main():
+        return {}
     vm.load_state_dict(best['model'])
     save(done=True)
     log(f"{name}: keeping step {best['metrics']['iter']} of {it} (the best dev within-task AUC)")

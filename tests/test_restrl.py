@@ -404,8 +404,10 @@ def test_one_iteration_of_each_method_changes_the_weights(sft_policy, method, tm
     policy = copy.deepcopy(sft_policy)
     before = weights(policy)
     path = str(tmp_path / f'rl_{method}.pt')
-    hist = restrl.train_rl(make_cfg(), policy, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu', method,
-                           log=lambda s: 0)
+    # G = 8, not 4: with 4, all of ReST-GRPO's groups in its one iteration came out flat on one machine's samples
+    # (no gradient, nothing to check); 8 makes a group whose rewards vary all but certain
+    hist = restrl.train_rl(make_cfg(rl_group_size=8), policy, ENC, RL_TASKS, EVAL_TASKS, TEST_TASKS, path, 'cpu',
+                           method, log=lambda s: 0)
     assert [h['iter'] for h in hist] == [0, 1] and [h['optimizer_steps'] for h in hist] == [0, 1]
     assert hist[0]['test_pass1'] == hist[1]['test_pass1'] == 0.25 and hist[1]['test_pass1_sampled'] == 0.5
     # the start and the end: dev greedily, test greedily and sampled
@@ -554,7 +556,7 @@ def test_grpo_update_gradient_equals_one_full_recompute_pass(monkeypatch):
         model.zero_grad()
         return 0.0
     monkeypatch.setattr(restrl, '_step', capture)
-    restrl.grpo_update(policy, ref, None, batch, cfg, 0, nullcontext())
+    restrl.grpo_update(restrl.LogProbs(policy), ref, None, batch, cfg, 0, nullcontext())
 
     def full(model):  # (R, Tc) log-probs and mask by plain full recompute of each row
         rows = [(b['state']['ids'], c) for b in batch for c in b['ids']]
