@@ -7,14 +7,15 @@ restrl's one entry point: every stage of ReST-RL on the toy code benchmark, chec
     python train.py config/gpu.py --out_dir=out-gpu  # a config file, then --key=value overrides
     torchrun --standalone --nproc_per_node=4 train.py config/gpu.py   # data parallel over 4 GPUs (ddp.py)
 
-Stages, in order (each writes into out_dir and is skipped on a rerun once complete):
+Stages, in order (each writes into out_dir, beside each output a record <name>.json of what it was made
+from; a rerun skips a complete output and refuses, before any work, one made from other values: outputs.py):
     data   check the task files and the tokenizer
     sft    supervised warm start on reference solutions                      -> sft.pt
     rl     ReST-GRPO (or --method=grpo | rest_dpo) from the SFT model   -> rl_<method>_seed<seed>.pt
     mcts   MCTS scored by the tests on the rl split: value targets, no labels -> value_targets.jsonl
     vm     value model and outcome reward model on those targets             -> vm.pt, orm.pt
-    decode VM-MCTS against greedy, best-of-N rerankers, ORM-MCTS at N samples -> decode.json
-and then results.json, report.md (report.py) and a table.
+    decode VM-MCTS against greedy, best-of-N rerankers, ORM-MCTS at N samples -> decode.jsonl
+and then results.json (assembled from every finished record in out_dir), report.md (report.py) and a table.
 """
 
 import ast
