@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from types import SimpleNamespace
 
 import torch
@@ -169,12 +170,12 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None
     units = [([('greedy', 0, cfg.seed)], greedy_row)]  # (the rows a unit makes, how)
     for seed in seeds:
         units.append(([(m, n, seed) for m in BEST_OF_N for n in ns] + [('ranking', 0, seed)],
-                      lambda seed=seed: pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)))
+                      partial(pool_rows, cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)))
     for seed in seeds:
         for n in ns:
             for method, model in zip(SEARCHES, (orm, vm)):
-                units.append(([(method, n, seed)], lambda a=(model, n, seed, method): search_row(
-                    cfg, policy, a[0], enc, tasks, a[1], a[2], a[3], device, record)))
+                units.append(([(method, n, seed)], partial(search_row, cfg, policy, model, enc, tasks, n, seed,
+                                                            method, device, record)))
     for keys, run in ddp.shard(units):
         if any(k not in done for k in keys):
             run()
