@@ -35,6 +35,7 @@ def setup(device):
 
 def cleanup():
     if dist.is_initialized():
+        dist.barrier()  # no rank tears down gloo while another still talks to it (that aborts the other)
         dist.destroy_process_group()
 
 

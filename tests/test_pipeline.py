@@ -24,16 +24,18 @@ def smoke_argv(out_dir):
 
 @pytest.fixture(scope='module')
 def smoke(tmp_path_factory):
-    """One uninterrupted run of the smoke config: (out_dir, results)."""
+    """One uninterrupted run of the smoke config: (out_dir, results). In a fresh process, like the killed runs it
+    is compared with: torch's CPU kernels round differently in a process that switched its thread count (other
+    test modules do), so an in-process run would not be bit-equal to a run of train.py."""
     out = tmp_path_factory.mktemp('smoke')
-    return out, train.main(smoke_argv(out))
+    subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *smoke_argv(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out, json.load(open(out / 'results.json'))
 
 
 def test_smoke_config_runs_every_stage_and_resumes(smoke, capsys):
     tmp_path, results = smoke
     argv = smoke_argv(tmp_path)
-    on_disk = json.load(open(tmp_path / 'results.json'))
-    assert on_disk['sft']['test_pass1'] == results['sft']['test_pass1']
     for f in ('sft.pt', 'rl_rest_grpo_seed1337.pt', 'rl_rest_grpo_seed1338.pt', 'value_targets.jsonl', 'vm.pt',
               'orm.pt', 'decode.jsonl', 'report.md'):
         assert (tmp_path / f).exists(), f
