@@ -415,14 +415,15 @@ def preflight(plan, todo):
     """Stop before any work if an output this run would resume or reuse (those of the stages it runs and of
     the stages before them) was made from other values, or from an input this run rewrites first. An earlier
     stage's output is reused whatever `seed` it was made with: `--stage=rl --seed=1338 --seeds=1` asks for RL
-    seed 1338 from the SFT model there is, not for another SFT model."""
+    seed 1338 from the SFT model there is, not for another SFT model. A finished output is reused whatever
+    number of processes made it; only a resume must keep that number (each rank's share of a batch)."""
     last = max(outputs.STAGES.index(s) for s in todo)
     rewritten = set()
     for o in plan:
         if outputs.STAGES.index(o.stage) > last:
             break
-        outputs.check(o.path, o.stage, wanted(o), [n for n, p in o.inputs.items() if p in rewritten],
-                      ignore=() if o.stage in todo else ('seed',))
+        ignore = (() if o.stage in todo else ('seed',)) + (('world_size',) if finished(o) else ())
+        outputs.check(o.path, o.stage, wanted(o), [n for n, p in o.inputs.items() if p in rewritten], ignore)
         if o.stage in todo and not finished(o):
             rewritten.add(o.path)
 

@@ -140,7 +140,7 @@ def test_decode_rows_of_the_ranks_merge(tmp_path):
     assert got == [('greedy', 0), ('vm_mcts', 4), ('greedy', 4), ('orm_mcts', 4)]
 
 
-def test_a_resume_with_another_number_of_processes_is_refused(tmp_path, monkeypatch):
+def test_a_resume_with_another_number_of_processes_is_refused_a_reuse_is_not(tmp_path, monkeypatch):
     cfg = SimpleNamespace(**train.configure([os.path.join(os.path.dirname(__file__), '..', 'config', 'smoke.py'),
                                              f'--out_dir={tmp_path}', '--device=cpu']))
     o = train.planned_outputs(cfg)[0]  # sft.pt, as one process started it
@@ -149,3 +149,6 @@ def test_a_resume_with_another_number_of_processes_is_refused(tmp_path, monkeypa
     monkeypatch.setattr(ddp, 'world', lambda: 2)
     with pytest.raises(outputs.Stale, match=r"world_size: '\(not recorded\)' then, 2 now"):
         train.preflight(train.planned_outputs(cfg), ['sft'])
+    rec = outputs.read_record(o.path)
+    outputs.finish(o.path, rec, 1.0, {})  # a finished SFT model is reused by 2 processes' RL
+    train.preflight(train.planned_outputs(cfg), ['rl'])
