@@ -1,5 +1,5 @@
 """
-The RL and search loops against an earlier commit, side by side on this machine (README, Performance).
+The RL and search loops against an earlier commit, side by side on this machine (results/README.md, Performance).
 
     python bench_loops.py --against=a7140f3 --init=out/sft.pt     # prints a table, writes bench_loops.json
 

@@ -326,7 +326,7 @@ class GPT(nn.Module):
             if n_running == 0 or t == max_new_tokens - 1:
                 break
             # once half of the batch finished, compact: finished rows stop paying for every later step (on an RL
-            # batch, 1.3x the tokens/s of never compacting, and faster than compacting at an eighth: README)
+            # batch, 1.3x the tokens/s of never compacting, and faster than compacting at an eighth: results/README.md)
             if (running.numel() - n_running) * 2 >= running.numel():
                 move_out(~running)
                 cache.keep_rows(running)

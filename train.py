@@ -61,7 +61,7 @@ block_size = 384
 dropout = 0.0
 bias = False
 # SFT warm start
-sft_iters = 850          # calibrated on dev: all 0.466, one step 0.82, eight steps 0.03 (README)
+sft_iters = 850          # calibrated on dev: all 0.466, one step 0.82, eight steps 0.03 (results/README.md)
 sft_batch_size = 32
 sft_micro_batches = 4    # a batch runs as this many length-sorted slices, each padded to its own longest: 2x faster
 sft_lr = 2e-3            # peak learning rate, cosine decay to sft_lr / 10
@@ -76,7 +76,7 @@ eval_batch_size = 256
 max_new_tokens = 160     # longest completion sampled anywhere (the longest solution: 149 tokens + end)
 # RL (restrl.py): ReST-GRPO, naive GRPO, ReST-DPO; one iteration = one batch of rl_batch_groups items
 rl_iters = 20            # RL iterations; each takes rl_inner_steps optimizer steps (the comparison's axis)
-rl_lr = 5e-5             # chosen on dev (sweep_rl.py, README): 1e-4 drifts down, 2e-5-5e-5 gain 2-4 points
+rl_lr = 5e-5             # chosen on dev (sweep_rl.py, results/README.md): 1e-4 drifts down, 2e-5-5e-5 gain 2-4 points
 rl_weight_decay = 0.0
 rl_batch_groups = 16     # training items per iteration: start states (G samples each) or DPO pairs
 rl_group_size = 8        # G: completions sampled per state (official 8)

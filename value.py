@@ -8,10 +8,10 @@ line ends (mcts.value_targets):
         regression on V(s)
   rank  for two programs of the same task with different rewards, -log sigmoid(z_better - z_worse) at the
         programs' ends (Bradley-Terry): a head trained by MSE alone learns what varies *between* tasks (a
-        short program means an easy task) and ranked a task's own samples worse than chance (README)
+        short program means an easy task) and ranked a task's own samples worse than chance (results/README.md)
 The ORM is the same model and loss with one target per program, its reward (no line targets). With
 vm_reads_logp both also read the policy's token log-probs (model.ValueModel: without them the head ranked a
-task's samples worse than a random pick, README). A batch runs each task's prompt once for all its programs.
+task's samples worse than a random pick, results/README.md). A batch runs each task's prompt once for all its programs.
 Which step to keep: the best within-task AUC on a pool of dev samples graded for the purpose (dev is the
 tuning split), not the lowest MSE, which mostly measures differences between tasks.
 """

@@ -163,7 +163,7 @@ class Knobs:
     hard: bool = False            # example-only docstrings (programming by example, as DeepCoder)
     sft: int = 14000              # tasks, spread over the difficulties by sft_mix
     sft_mix: str = '1,1,1,1,1,1,0.2,0.1'  # relative share of sft tasks per difficulty min_steps..max_steps: few
-    #                               long programs in the warm start make 7-8 steps the hard tail (README)
+    #                               long programs in the warm start make 7-8 steps the hard tail (results/README.md)
     sft_copies: int = 8           # a difficulty with fewer sft programs than its share (1 step: 154) writes each
     #                               up to this many times, with other words and examples (data/README.md)
     rl: int = 12000
