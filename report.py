@@ -7,23 +7,15 @@ as tables with the mean and standard error over seeds.
 train.py calls write_report at the end of every run, so a finished run always has its report.
 """
 import json
-import math
 import os
 import sys
 
+import mcts
 from outputs import write_atomic
+from tasks import EVAL_SAMPLES, EVAL_TEMPERATURE, mean_se
 
 DECODE_ORDER = ('greedy', 'one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min', 'prm_mean', 'orm_mcts',
                 'vm_mcts')
-
-
-def mean_se(xs):
-    """(mean, standard error of the mean); SE = sample std / sqrt(n), 0 for a single value."""
-    n = len(xs)
-    m = sum(xs) / n
-    if n < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
 
 
 def decode_ns(decode):
@@ -188,8 +180,8 @@ def write_report(results, out_dir):
         parts.append("## RL: ReST-GRPO against GRPO and ReST-DPO\n\nFrom the same SFT model, the same number of "
                      f"optimizer steps ({cfg.get('rl_iters')} iterations x {cfg.get('rl_inner_steps')}), "
                      f"{cfg.get('rl_reward')} reward, problems of at least {cfg.get('rl_min_difficulty')} steps. "
-                     f"Test pass@1 greedy, and sampled ({cfg.get('eval_samples')} programs per task at "
-                     f"{cfg.get('eval_temperature')}).\n\n" + rl_table(train) + '\n')
+                     f"Test pass@1 greedy, and sampled ({EVAL_SAMPLES} programs per task at "
+                     f"{EVAL_TEMPERATURE}).\n\n" + rl_table(train) + '\n')
         split = [f"{m} {figure(r['effective_by_source']['fresh'])} / {figure(r['effective_by_source']['prefix'])} "
                  f"({figure(r['effective_by_source']['prefix_share'])})" for m, r in train.items()
                  if r.get('effective_by_source', {}).get('fresh') is not None]
@@ -212,7 +204,7 @@ def write_report(results, out_dir):
     if results.get('decode'):
         ns = decode_ns(results['decode'])
         parts.append("## Decoding at equal budgets\n\npass@1 on the test tasks at N complete samples per task "
-                     f"(mean generated tokens per task), sampling at {cfg.get('decode_temperature')}.\n\n"
+                     f"(mean generated tokens per task), sampling at {mcts.TEMPERATURE}.\n\n"
                      + decode_table(results['decode']) + '\n')
         if ns:
             parts.append(f"By difficulty at N = {ns[-1]}:\n\n" + difficulty_table(results['decode'], ns[-1]) + '\n')

@@ -6,10 +6,10 @@ steps, so every method is compared at the same number of optimizer steps (the pa
 where the items come from and the loss (METHODS):
 - grpo:      fresh RL problems, G completions each, every group trained on (a group whose G rewards are equal
              has zero advantage: compute spent for nothing);
-- rest_grpo: the official offline ReST data set (THUDM/ReST-RL): a filter round samples rl_filter_samples
+- rest_grpo: the official offline ReST data set (THUDM/ReST-RL): a filter round samples FILTER_SAMPLES = 5
              programs of each of rl_filter_tasks fresh problems with the current policy, keeps the problems whose
              population reward std >= rl_std_threshold, and adds line prefixes of each kept problem's best program
-             (reward >= rl_prefix_min_reward) as new start states; the items are shuffled and trained on once (one
+             (reward >= PREFIX_MIN_REWARD) as new start states; the items are shuffled and trained on once (one
              epoch), G completions each; a new filter round, with the policy as it is then, starts when fewer than
              a batch are left (the official runs two such ReST iterations over its whole data set);
 - rest_dpo:  the (best, worst) pair of the filter round's own samples of each kept problem, DPO loss;
@@ -36,6 +36,21 @@ import sandbox
 import tasks as T
 from model import load_checkpoint, save_checkpoint, weights_digest
 
+# The official constants (THUDM/ReST-RL and its TRL GRPO): the config keys are what the experiments vary
+FILTER_SAMPLES = 5        # ReST: programs sampled per problem in a filter round (official n = 5)
+FILTER_TEMPERATURE = 0.7  # ReST: their sampling temperature (official)
+PREFIX_MIN_REWARD = 0.9   # ReST: cut prefixes from a kept problem's best program when its reward >= this (official)
+PREFIX_LINES_FRAC = 0.5   # ReST: draw ceil(frac * n_lines) prefixes per such program (official)
+PREFIX_ALPHA = 0.95       # ReST: a k-line prefix is drawn with weight alpha**(k-1): short prefixes favoured (official)
+CLIP_EPS = 0.2            # PPO clip (acts only from the second optimizer step on a batch)
+ADV_EPS = 1e-4            # eps in A = (r - mean) / (std + eps)
+DPO_BETA = 0.1            # ReST-DPO's beta
+GRAD_CLIP = 1.0
+MICRO_BATCH = 64          # rows per forward/backward (the batch mean is the same in any slicing)
+TIMEOUT = 1.0             # sandbox seconds per program in rollouts
+SCALE_BY_STD = True       # False: Dr. GRPO (no division by the group std)
+TOKEN_LEVEL = False       # True: DAPO, the loss averaged over all tokens of the batch instead of per output
+
 METHODS = {  # where a method's training items come from, and its loss
     'rest_grpo': dict(filtered=True, prefixes=True, loss='grpo'),
     'grpo': dict(filtered=False, prefixes=False, loss='grpo'),
@@ -47,7 +62,7 @@ METHODS = {  # where a method's training items come from, and its loss
 # losses
 
 
-def group_advantages(rewards, eps=1e-4, scale_by_std=True):
+def group_advantages(rewards, eps=ADV_EPS, scale_by_std=True):
     """rewards (n_groups, G) -> advantages (n_groups, G); population std, as the official filter uses."""
     centered = rewards - rewards.mean(1, keepdim=True)  # r - mean(r)
     std = rewards.std(1, correction=0, keepdim=True)  # sqrt(mean((r - mean(r))^2))
@@ -56,7 +71,7 @@ def group_advantages(rewards, eps=1e-4, scale_by_std=True):
     return adv.masked_fill(flat, 0.0)  # a flat group teaches nothing: exactly 0, not rounding noise
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=0.02, token_level=False):
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=CLIP_EPS, kl_coef=0.02, token_level=False):
     """Clipped GRPO objective with a k3 KL penalty to the reference, per token, pads masked.
     logp, old_logp, ref_logp, mask: (R, T) over completion tokens; advantages: (R,) one per output.
     Averaged over the tokens of each output, then over outputs; token_level=True averages over all tokens (DAPO)."""
@@ -79,7 +94,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=0.2, kl_coef=
     return loss, stats
 
 
-def dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp, beta=0.1):
+def dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp, beta=DPO_BETA):
     """DPO (Rafailov et al., 2023) on sequence log-prob sums, each (P,). Returns (mean loss, stats)."""
     chosen = policy_chosen_logp - ref_chosen_logp  # log pi(y_w) / pi_ref(y_w)
     rejected = policy_rejected_logp - ref_rejected_logp  # log pi(y_l) / pi_ref(y_l)
@@ -99,7 +114,7 @@ def keep_groups(rewards, std_threshold=0.05):
     return rewards.std(1, correction=0) >= std_threshold
 
 
-def prefix_states(solution, rng, frac=0.5, alpha=0.95):
+def prefix_states(solution, rng, frac=PREFIX_LINES_FRAC, alpha=PREFIX_ALPHA):
     """Partial programs (the first k lines of a solution of n lines) to start from after the task's prompt, as
     the official code draws them: ceil(frac * n) draws with replacement, the k-line prefix with weight
     alpha**(k-1), k = 1..n (the full program too: from there the policy learns to stop)."""
@@ -120,10 +135,9 @@ def filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
     (task, chosen ids, rejected ids) pairs) to the pool's queue in a shuffled order. Returns the round's info."""
     states = ddp.shard([make_state(i, '', rl_tasks, enc) for i in pool.fresh(cfg.rl_filter_tasks)])  # this rank's
     groups, info = [], dict(NO_SAMPLES)
-    chunk = max(1, cfg.eval_batch_size // cfg.rl_filter_samples)  # rows per sampler call as in an evaluation
+    chunk = max(1, cfg.eval_batch_size // FILTER_SAMPLES)  # rows per sampler call as in an evaluation
     for k in range(0, len(states), chunk):
-        g, inf = rollout(policy, enc, states[k:k + chunk], cfg.rl_filter_samples, cfg, generator,
-                         cfg.rl_filter_temperature)
+        g, inf = rollout(policy, enc, states[k:k + chunk], FILTER_SAMPLES, cfg, generator, FILTER_TEMPERATURE)
         groups += [dict(task_idx=x['state']['task_idx'], reward=x['reward'], ids=x['ids'], texts=x['texts']) for x in g]
         info = {key: v + inf[key] for key, v in info.items()}
     groups = ddp.unshard(ddp.gather(groups))  # every rank's problems, in order: every rank builds the same data set
@@ -138,9 +152,9 @@ def filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
             items.append((i, g['ids'][best], g['ids'][worst]))  # rewards differ: the std is above the threshold
             continue
         items.append((i, ''))
-        if METHODS[method]['prefixes'] and g['reward'][best] >= cfg.rl_prefix_min_reward:
+        if METHODS[method]['prefixes'] and g['reward'][best] >= PREFIX_MIN_REWARD:
             prompt = rl_tasks[i]['prompt']  # a state keeps room for one new token at least
-            items += [(i, p) for p in prefix_states(g['texts'][best], rng, cfg.rl_prefix_lines_frac, cfg.rl_prefix_alpha)
+            items += [(i, p) for p in prefix_states(g['texts'][best], rng)
                       if len(enc.encode_ordinary(prompt + p)) < policy.config.block_size]
     pool.queue += [items[j] for j in rng.permutation(len(items))]
     return dict(info, problems=len(groups), kept=sum(keep), items=len(items))
@@ -198,7 +212,7 @@ def rollout(policy, enc, states, G, cfg, generator=None, temperature=1.0):
     jobs = [(states[i // G]['text'] + texts[i], states[i // G]['task']['tests']) for i in range(len(rows))]
     # binary: all tests must pass, so the sandbox may stop at the first failure (no fork per test); a crash or
     # a hang is a Result with reward 0
-    results = sandbox.run_batch(jobs, timeout=cfg.rl_timeout, stop_at_failure=cfg.rl_reward == 'binary')
+    results = sandbox.run_batch(jobs, timeout=TIMEOUT, stop_at_failure=cfg.rl_reward == 'binary')
     t2 = time.time()
     binary = torch.tensor([float(r.total > 0 and r.passed == r.total) for r in results]).view(-1, G)  # all pass
     reward = binary
@@ -265,15 +279,15 @@ def _slices(n, size):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _step(policy, optimizer, cfg):
-    norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+def _step(policy, optimizer):
+    norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # micro-batches accumulate into .grad until the next step
     return float(norm)
 
 
 def grpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
-    """GRPO on a batch of groups: rl_inner_steps optimizer steps, micro-batches of rl_micro_batch rows weighted to
+    """GRPO on a batch of groups: rl_inner_steps optimizer steps, micro-batches of MICRO_BATCH rows weighted to
     give the batch mean. `trainee` is LogProbs(policy), DDP-wrapped under torchrun, where `batch` is this rank's
     share: the weights use the whole batch's counts, times the number of ranks, because DDP averages.
     Reference log-probs are computed once per batch under no_grad; the old policy's are the first step's own
@@ -285,8 +299,8 @@ def grpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
     prompts = [g['state']['ids'] for g in batch]  # one per group: computed once for its G rows
     comps = [c for g in batch for c in g['ids']]  # sampled tokens only, the end token when it was sampled
     G = len(comps) // len(batch)
-    adv = group_advantages(torch.stack([g['reward'] for g in batch]), cfg.rl_adv_eps, cfg.rl_scale_by_std).flatten()
-    parts = _slices(len(batch), max(1, cfg.rl_micro_batch // G))  # micro-batches of whole groups
+    adv = group_advantages(torch.stack([g['reward'] for g in batch]), scale_by_std=SCALE_BY_STD).flatten()
+    parts = _slices(len(batch), max(1, MICRO_BATCH // G))  # micro-batches of whole groups
     rows = [slice(s.start * G, s.stop * G) for s in parts]
     with torch.no_grad(), ctx:
         ref_lp = [completion_logprobs(ref, prompts[s], comps[r], pad) for s, r in zip(parts, rows)]  # [(lp, mask)]
@@ -300,14 +314,14 @@ def grpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
                 lp, _ = trainee(prompts[s], comps[r], pad)
                 if step == 0:
                     old_lp[i] = lp.detach()  # pi_old = the policy that sampled the batch
-                loss, st = grpo_loss(lp, old_lp[i], r_lp, adv[r].to(lp.device), mask,
-                                     cfg.rl_clip_eps, cfg.rl_kl_coef, cfg.rl_token_level)
-                share = int(mask.sum()) / n_tok if cfg.rl_token_level else (s.stop - s.start) / n_groups
+                loss, st = grpo_loss(lp, old_lp[i], r_lp, adv[r].to(lp.device), mask, kl_coef=cfg.rl_kl_coef,
+                                     token_level=TOKEN_LEVEL)
+                share = int(mask.sum()) / n_tok if TOKEN_LEVEL else (s.stop - s.start) / n_groups
                 (loss * share * W).backward()  # the micro-batch's share of the batch mean (DDP divides by W)
             tot['loss'] += loss.item() * share
             for k, v in st.items():
                 tot[k] += v * int(mask.sum()) / n_tok  # token-weighted means
-        tot['grad_norm'] += _step(trainee, optimizer, cfg)
+        tot['grad_norm'] += _step(trainee, optimizer)
     tot = {k: ddp.all_sum(v) / cfg.rl_inner_steps if k != 'grad_norm' else v / cfg.rl_inner_steps
            for k, v in tot.items()}
     # |log pi_old - log pi at sampling|: float noise, unless sampler and trainer disagree (a bug, or bfloat16)
@@ -322,7 +336,7 @@ def dpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
     prompts = [g['state']['ids'] for g in batch]
     chosen = [g['ids'][int(g['reward'].argmax())] for g in batch]
     rejected = [g['ids'][int(g['reward'].argmin())] for g in batch]
-    parts = _slices(len(batch), max(1, cfg.rl_micro_batch // 2))  # a pair is two rows
+    parts = _slices(len(batch), max(1, MICRO_BATCH // 2))  # a pair is two rows
 
     def seq_logp(logprobs, s):  # log-prob sums and per-token log-probs of chosen then rejected rows
         pairs = [c for pair in zip(chosen[s], rejected[s]) for c in pair]  # each prompt's two rows: (c, r)
@@ -340,14 +354,14 @@ def dpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
             with ddp.no_sync(trainee, last=i == len(parts) - 1), ctx:
                 seq, lp, _ = seq_logp(trainee, s)
                 P, share = s.stop - s.start, (s.stop - s.start) / n_pairs
-                loss, st = dpo_loss(seq[:P], seq[P:], r_seq[:P], r_seq[P:], cfg.rl_dpo_beta)
+                loss, st = dpo_loss(seq[:P], seq[P:], r_seq[:P], r_seq[P:])
                 (loss * share * W).backward()  # DDP divides by W
             log_ref = (r_lp - lp).detach()  # log(pi_ref / pi), 0 at pads
             st['kl'] = float((log_ref.exp() - log_ref - 1).sum() / mask.sum())  # k3 KL, logged only
             tot['loss'] += loss.item() * share
             for k, v in st.items():
                 tot[k] += v * share
-        tot['grad_norm'] += _step(trainee, optimizer, cfg)
+        tot['grad_norm'] += _step(trainee, optimizer)
     return {k: (v if k == 'grad_norm' else ddp.all_sum(v)) / cfg.rl_inner_steps for k, v in tot.items()}
 
 
@@ -433,15 +447,15 @@ def rl_task_ids(rl_tasks, cfg):
     return ids
 
 
-RESUME_FREE = ('rl_iters', 'rl_eval_interval', 'rl_test_interval', 'rl_micro_batch')  # may change on a resume
+RESUME_FREE = ('rl_iters', 'rl_eval_interval', 'rl_test_interval')  # may change on a resume
 
 
 def start_eval_path(policy, cfg, with_test, path):
     """Where the starting policy's evaluation is kept, beside the run's checkpoint: the name hashes the weights and
     every setting the evaluation reads, so a file is reused only for the very same evaluation."""
-    keys = ('seed', 'eval_split', 'eval_tasks', 'final_eval_tasks', 'max_new_tokens', 'eval_temperature',
-            'eval_samples', 'data_dir')
-    h = hashlib.sha1((weights_digest(policy) + repr([getattr(cfg, k, None) for k in keys] + [with_test])).encode())
+    settings = [cfg.seed, cfg.eval_split, cfg.eval_tasks, cfg.final_eval_tasks, cfg.max_new_tokens, T.EVAL_TEMPERATURE,
+                T.EVAL_SAMPLES, cfg.data_dir, with_test]
+    h = hashlib.sha1((weights_digest(policy) + repr(settings)).encode())
     return os.path.join(os.path.dirname(path) or '.', f'rl_start_{h.hexdigest()[:16]}.pt')
 
 
@@ -463,21 +477,21 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
     Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
     (seed, iteration), so a resumed run equals an uninterrupted one. Greedy pass@1 on eval_tasks (the dev split)
-    at the start and every rl_eval_interval iterations; on test_tasks (greedy, and sampled: eval_samples per task
-    at eval_temperature) at the start, every rl_test_interval iterations (0: none between) and at the end;
+    at the start and every rl_eval_interval iterations; on test_tasks (greedy, and sampled: tasks.EVAL_SAMPLES per
+    task at tasks.EVAL_TEMPERATURE) at the start, every rl_test_interval iterations (0: none between) and at the end;
     test_tasks=None (a sweep) never reads the test split. Returns the history."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got '{method}'")
     if cfg.rl_reward not in ('binary', 'partial'):
         raise ValueError(f"config key 'rl_reward' must be 'binary' or 'partial'; got '{cfg.rl_reward}'")
-    for key, least in (('rl_eval_interval', 1), ('eval_samples', 1), ('rl_filter_samples', 2), ('rl_group_size', 2)):
-        if getattr(cfg, key) < least:  # a filter or a group of one sample has no reward std to go by
+    for key, least in (('rl_eval_interval', 1), ('rl_group_size', 2)):
+        if getattr(cfg, key) < least:  # a group of one sample has no reward std to go by
             raise ValueError(f"config key '{key}' must be at least {least}; got {getattr(cfg, key)}")
     name = f"rl {method} seed {cfg.seed}"
     policy.eval()  # no dropout anywhere in RL: it would make pi, pi_old and the sampler disagree by noise
     ref = copy.deepcopy(policy).requires_grad_(False)
     trainee = ddp.wrap(LogProbs(policy), device)  # under torchrun, DDP all-reduces the update's gradients
-    optimizer = policy.configure_optimizers(cfg.rl_weight_decay, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])
+    optimizer = policy.configure_optimizers(0.0, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])  # no weight decay
     pool = StatePool(rl_task_ids(rl_tasks, cfg), cfg.seed)
     history, it0 = [], 0
     if os.path.exists(path):
@@ -498,10 +512,10 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         tasks = T.spread(test_tasks, cfg.final_eval_tasks)
         ev = T.evaluate_greedy(policy, enc, tasks, device, cfg.max_new_tokens, cfg.eval_batch_size)
         sampled = T.evaluate_sampled(policy, enc, tasks, device, cfg.max_new_tokens, cfg.eval_batch_size,
-                                     cfg.eval_temperature, cfg.eval_samples, seed=cfg.seed)
+                                     seed=cfg.seed)
         rec.update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'],
                    test_pass1_sampled=sampled['pass1'], test_by_difficulty_sampled=sampled['by_difficulty'])
-        return f", test pass@1 {ev['pass1']:.3f} (sampled at {cfg.eval_temperature:g}: {sampled['pass1']:.3f})"
+        return f", test pass@1 {ev['pass1']:.3f} (sampled at {T.EVAL_TEMPERATURE:g}: {sampled['pass1']:.3f})"
 
     def checkpoint(it):
         if ddp.is_main():
@@ -520,7 +534,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
             history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
             log(f"{name}: evaluating the starting policy ({len(T.spread(eval_tasks, cfg.eval_tasks))} "
                 f"{cfg.eval_split} tasks" + (f", {len(T.spread(test_tasks, cfg.final_eval_tasks))} test tasks greedy and "
-                                             f"{cfg.eval_samples} samples each)" if test_tasks is not None else ")"))
+                                             f"{T.EVAL_SAMPLES} samples each)" if test_tasks is not None else ")"))
             said = evaluate(history[0], 'eval') + (evaluate(history[0], 'test') if test_tasks is not None else '')
             save_checkpoint(history[0], cache)
             log(f"{name}: start{said}")

@@ -9,6 +9,7 @@ difficulty (number of steps; 0 for external sets).
 import base64
 import gzip
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -197,9 +198,13 @@ def evaluate_greedy(model, enc, task_list, device, max_new_tokens=128, batch_siz
     return evaluate_sampled(model, enc, task_list, device, max_new_tokens, batch_size, temperature=0.0, samples=1)
 
 
+EVAL_SAMPLES = 4         # sampled pass@1: programs per task ...
+EVAL_TEMPERATURE = 0.7   # ... at this temperature (the paper evaluates its policies by sampling at 0.7)
+
+
 @torch.no_grad()
-def evaluate_sampled(model, enc, task_list, device, max_new_tokens=128, batch_size=256, temperature=0.7, samples=4,
-                     seed=0):
+def evaluate_sampled(model, enc, task_list, device, max_new_tokens=128, batch_size=256,
+                     temperature=EVAL_TEMPERATURE, samples=EVAL_SAMPLES, seed=0):
     """pass@1 of programs sampled at `temperature`, `samples` per task: each task scores the fraction of its
     samples that pass (an unbiased pass@1 with less variance than one sample; the paper evaluates its policies
     by sampling at 0.7). Overall and per difficulty. temperature 0 is greedy (use samples=1)."""
@@ -223,3 +228,12 @@ def evaluate_sampled(model, enc, task_list, device, max_new_tokens=128, batch_si
     return dict(pass1=sum(ok) / max(1, len(ok)), n=len(ok),
                 by_difficulty={d: sum(v) / len(v) for d, v in sorted(by_difficulty.items())},
                 by_band={b: sum(by_band[b]) / len(by_band[b]) for b, _ in BANDS if b in by_band})
+
+
+def mean_se(xs):
+    """(mean, standard error of the mean); SE = sample std / sqrt(n), 0 for a single value."""
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)

@@ -29,6 +29,12 @@ import sandbox
 import tasks as T
 from model import GPTConfig, ValueModel, load_checkpoint, save_checkpoint, weights_digest
 
+BATCH_TASKS = 8     # tasks per batch, all their programs: the ranking loss compares programs of one task
+LR = 3e-4
+RANK_COEF = 1.0     # weight of the within-task Bradley-Terry loss next to the MSE (0: MSE only, the paper's)
+TARGET = 'partial'  # Monte-Carlo targets: 'partial' (mean fraction of tests passed) or 'binary' (pass rate)
+GRAD_CLIP = 1.0
+
 # -----------------------------------------------------------------------------
 # reading values
 
@@ -165,7 +171,7 @@ def program_scores(vm, enc, tasks, pool):
 # stage vm: training the VM and the ORM
 
 
-def training_items(records, enc, block_size, target, only_complete=False):
+def training_items(records, enc, block_size, target=TARGET, only_complete=False):
     """Per task its programs as training items: ids, the positions read (each line end of `steps`, then the
     program's last token) and their targets ('partial': mean fraction of tests passed, 'binary': pass rate).
     The ORM (only_complete) reads the program's end only. The ranking loss compares programs by the same target."""
@@ -227,11 +233,11 @@ def dev_pool(cfg, policy, enc, dev_tasks, path, device):
     """vm_dev_tasks dev tasks x 16 samples, graded once and kept in `path` (remade when the policy or a setting
     it was made with changed): where the VM's and ORM's checkpoints are chosen. Rank 0 makes it."""
     made_with = dict(policy=weights_digest(policy), seed=cfg.seed, tasks=cfg.vm_dev_tasks,
-                     temperature=cfg.decode_temperature, max_new_tokens=cfg.max_new_tokens)
+                     temperature=mcts.TEMPERATURE, max_new_tokens=cfg.max_new_tokens)
     if ddp.is_main() and not (os.path.exists(path) and load_checkpoint(path).get('made_with') == made_with):
         tasks = T.spread(dev_tasks, cfg.vm_dev_tasks)
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, cfg.decode_temperature, gen)
+        pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, mcts.TEMPERATURE, gen)
         save_checkpoint(dict(tasks=tasks, pool=pool, passed=grade_pool(tasks, pool), made_with=made_with), path)
     ddp.barrier()
     return load_checkpoint(path)
@@ -256,12 +262,12 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
     (each rank's mean: the one-process loss when the ranks hold equal numbers of lines and pairs, close otherwise);
     rank 0 validates, keeps the best step and writes the checkpoint."""
     name = 'orm' if only_complete else 'vm'
-    items = training_items(records, enc, policy.config.block_size, cfg.vm_target, only_complete)
+    items = training_items(records, enc, policy.config.block_size, only_complete=only_complete)
     if not items:
         raise ValueError(f"{name}: no training programs ({len(records)} records given)")
     vm = ValueModel.from_policy(policy, cfg.vm_reads_logp).to(device)
     trainee = ddp.wrap(Loss(vm), device)
-    optimizer = torch.optim.AdamW([p for p in vm.parameters() if p.requires_grad], lr=cfg.vm_lr, betas=(0.9, 0.95),
+    optimizer = torch.optim.AdamW([p for p in vm.parameters() if p.requires_grad], lr=LR, betas=(0.9, 0.95),
                                   weight_decay=0.0)
     it, history, best = 0, [], None
     if os.path.exists(out_path):
@@ -273,7 +279,7 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
         optimizer.load_state_dict(ckpt['optimizer'])
         it, history, best = ckpt['iter_num'], ckpt['history'], ckpt['best']
         log(f"{name}: resuming from iteration {it}")
-    log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {cfg.vm_target} targets"
+    log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {TARGET} targets"
         + ('' if only_complete else ' at every line end'))
     def save(done):  # a finished checkpoint holds the kept step's weights and metrics
         if ddp.is_main():
@@ -287,11 +293,11 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
     while it < cfg.vm_iters:
         vm.train()
         rng = random.Random(cfg.seed * 1_000_003 + it)  # batches depend on (seed, iteration) only
-        batch = ddp.shard(rng.sample(items, min(cfg.vm_batch_tasks, len(items))))  # this rank's tasks of it
-        loss, parts = trainee(batch, cfg.vm_rank_coef, T.pad_id(enc), device)
+        batch = ddp.shard(rng.sample(items, min(BATCH_TASKS, len(items))))  # this rank's tasks of it
+        loss, parts = trainee(batch, RANK_COEF, T.pad_id(enc), device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vm.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(vm.parameters(), GRAD_CLIP)
         optimizer.step()
         it += 1
         bar.update(1)

@@ -54,7 +54,7 @@ def test_a_changed_key_is_refused_with_the_key_named(tmp_path):
         train.preflight(train.planned_outputs(config(tmp_path, '--seed=1338')), ['sft', 'rl'])
     # keys that cannot change a result are not compared
     train.preflight(train.planned_outputs(config(tmp_path, '--eval_batch_size=7', '--rl_eval_interval=9',
-                                                 '--rl_micro_batch=3', '--sft_eval_interval=5')), outputs.STAGES)
+                                                 '--sft_eval_interval=5')), outputs.STAGES)
 
 
 def test_an_output_without_a_record_is_never_trusted(tmp_path):
