@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from functools import partial
-from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
@@ -31,7 +30,7 @@ import tasks as T
 import value
 from configurator import load_policy, pick_device
 import mcts
-from mcts import Tree, best_sample, format_tree, policy_expander, run_search, sample_groups, test_scorer
+from mcts import Tree, best_sample, format_tree, policy_expander, run_search, test_scorer
 
 BEST_OF_N = {'one_sample': None, 'likelihood_bon': 'likelihood', 'orm_bon': 'orm', 'vm_bon': 'vm',
              'prm_min': 'prm_min', 'prm_mean': 'prm_mean'}  # method -> the scores it picks by (one_sample: the first)
@@ -56,20 +55,6 @@ def line_scores(vm, enc, tasks, pool):
                 prm_mean=[[next(means) for _ in draws] for draws in pool])
 
 
-def greedy_answers(cfg, policy, enc, tasks):
-    eot, pad = enc.eot_token, T.pad_id(enc)
-    rows = sample_groups(policy, [enc.encode_ordinary(t['prompt']) for t in tasks], [1] * len(tasks),
-                         cfg.max_new_tokens, {}, temperature=0.0, stop_ids=(eot,), pad_id=pad)
-    ids = [r[0][0] if r else [] for r in rows]
-    return [T.completion_text(enc, x) for x in ids], [len(x) for x in ids]
-
-
-def grade(tasks, answers):
-    """Each chosen program once: pass = every hidden test passes."""
-    return [float(T.solved(r)) for r in sandbox.run_batch([(t['prompt'] + a, t['tests'])
-                                                           for t, a in zip(tasks, answers)])]
-
-
 def search_answers(cfg, policy, model, enc, tasks, n, gen, value_states):
     """The search with `model` (VM or ORM) scoring, n samples per task: (answers, samples, tokens per task)."""
     expand = policy_expander(policy, enc, cfg.max_new_tokens, mcts.TEMPERATURE, {}, gen)
@@ -85,7 +70,7 @@ def search_answers(cfg, policy, model, enc, tasks, n, gen, value_states):
 def search_row(cfg, policy, model, enc, tasks, n, seed, method, device, record):
     """One search row: the search scored by `model` (the ORM or the VM), n samples per task, its own seed."""
     t0 = time.time()
-    gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + n * 2 + (method == 'vm_mcts'))
+    gen = torch.Generator(device=device).manual_seed(T.step_seed(seed, n * 2 + (method == 'vm_mcts')))
     answers, samples, tokens = search_answers(cfg, policy, model, enc, tasks, n, gen, method == 'vm_mcts')
     record(method, n, seed, answers, samples, tokens, time.time() - t0)
 
@@ -145,7 +130,7 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None
         if figures is not None:
             r['figures'] = figures
         else:
-            passed = grade(tasks, answers)
+            passed = T.grade(tasks, answers)
             by_diff = {d: sum(p for p, t in zip(passed, tasks) if t['difficulty'] == d) /
                        sum(t['difficulty'] == d for t in tasks) for d in sorted({t['difficulty'] for t in tasks})}
             r.update(pass1=sum(passed) / len(tasks), by_difficulty=by_diff, samples=sum(samples) / len(tasks),
@@ -161,10 +146,8 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None
 
     def greedy_row():
         t0 = time.time()
-        answers, tokens = [], []
-        for i in range(0, len(tasks), cfg.mcts_batch_tasks):
-            a, n = greedy_answers(cfg, policy, enc, tasks[i:i + cfg.mcts_batch_tasks])
-            answers, tokens = answers + a, tokens + n
+        answers, tokens = T.sample_programs(policy, enc, tasks, device, cfg.max_new_tokens, cfg.mcts_batch_tasks,
+                                            temperature=0.0, samples=1)
         record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
 
     units = [([('greedy', 0, cfg.seed)], greedy_row)]  # (the rows a unit makes, how)
@@ -275,8 +258,7 @@ def rank_on_dev(args, policy, enc, device):
     """Greedy pass@1, random-of-k and oracle-of-k (pass@k), and how well the likelihood (and a VM) pick, on
     --tasks dev tasks with --n samples each."""
     tasks = T.spread(T.load_tasks(os.path.join(args.data_dir, 'dev.jsonl')), args.tasks)
-    cfg = SimpleNamespace(max_new_tokens=args.max_new_tokens, mcts_batch_tasks=32)
-    greedy = grade(tasks, greedy_answers(cfg, policy, enc, tasks)[0])
+    greedy = T.grade(tasks, T.sample_programs(policy, enc, tasks, device, args.max_new_tokens, 32, 0.0, 1)[0])
     gen = torch.Generator(device=device).manual_seed(args.seed)
     pool = value.sample_pool(policy, enc, tasks, args.n, args.max_new_tokens, mcts.TEMPERATURE, gen)
     passed = value.grade_pool(tasks, pool)

@@ -236,7 +236,7 @@ def value_targets(tree):
 # adapters: the policy as an expander, the tests as a scorer (the VM's: value.value_scorer)
 
 
-def sample_groups(policy, prompts, ns, max_new_tokens, stats, **kw):
+def sample_continuations(policy, prompts, ns, max_new_tokens, stats, **kw):
     """policy.sample for prompts wanting different numbers of samples: one call per distinct n, each row
     limited to min(max_new_tokens (int or one per prompt), block_size - len(prompt)). Returns per prompt its
     rows (ids with the stop token, per-token log-probs at temperature 1, stopped); no room, no rows."""
@@ -261,7 +261,7 @@ def policy_expander(policy, enc, max_tokens, temperature, stats, generator=None)
     eot, pad = enc.eot_token, T.pad_id(enc)
 
     def expand(states, ns):
-        rows = sample_groups(policy, [enc.encode_ordinary(s) for s in states], ns, max_tokens, stats,
+        rows = sample_continuations(policy, [enc.encode_ordinary(s) for s in states], ns, max_tokens, stats,
                              temperature=temperature, stop_ids=(eot,), pad_id=pad, generator=generator)
         return [[Draw(T.completion_text(enc, ids), stopped, len(ids), sum(lp) / len(lp)) for ids, lp, stopped in r]
                 for r in rows]
@@ -310,7 +310,7 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=tqdm.
     policy.eval()
     stats, t0, roots = {}, time.time(), []
     for b in tqdm(left, desc='mcts', dynamic_ncols=True, disable=not ddp.is_main()):
-        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b)
+        gen = torch.Generator(device=device).manual_seed(T.step_seed(cfg.seed, b))
         expand = policy_expander(policy, enc, cfg.max_new_tokens, TEMPERATURE, stats, gen)
         trees = run_search([Tree(t, cfg.mcts_collect_samples) for t in batches[b]], expand, test_scorer(),
                            num_sample=NUM_SAMPLE, c=C_COLLECT)

@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -435,6 +436,26 @@ def save_checkpoint(obj, path):
         os.replace(tmp, path)
     except OSError as e:  # a full disk, say: stop with the reason; the previous checkpoint is intact
         raise SystemExit(f"could not write checkpoint {path}: {e}. The previous checkpoint is intact.")
+
+
+def autocast(dtype):
+    """bfloat16 autocast on CUDA when the config's dtype says so; otherwise nothing (float32)."""
+    return torch.autocast('cuda', dtype=torch.bfloat16) if dtype == 'bfloat16' else nullcontext()
+
+
+def resume(path, device, model, optimizer, check=None):
+    """A training loop's checkpoint at `path`, or None when there is none. Its weights go into model and, unless
+    the run there finished (ckpt['done']), its optimizer state into optimizer; check(ckpt) runs first, to refuse
+    another run's file before anything is loaded."""
+    if not os.path.exists(path):
+        return None
+    ckpt = load_checkpoint(path, device)
+    if check:
+        check(ckpt)
+    model.load_state_dict(ckpt['model'])
+    if not ckpt.get('done'):
+        optimizer.load_state_dict(ckpt['optimizer'])
+    return ckpt
 
 
 def load_checkpoint(path, device='cpu'):

@@ -22,7 +22,6 @@ import hashlib
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -34,7 +33,7 @@ from tqdm import tqdm
 import ddp
 import sandbox
 import tasks as T
-from model import load_checkpoint, save_checkpoint, weights_digest
+from model import autocast, load_checkpoint, resume, save_checkpoint, weights_digest
 
 # The official constants (THUDM/ReST-RL and its TRL GRPO): the config keys are what the experiments vary
 FILTER_SAMPLES = 5        # ReST: programs sampled per problem in a filter round (official n = 5)
@@ -131,15 +130,15 @@ NO_SAMPLES = dict(tokens=0, t_sample=0.0, t_score=0.0, truncated=0)  # a rollout
 
 def filter_round(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
     """One offline ReST filtering pass (official: experiment/process_gen_data.py) over rl_filter_tasks fresh
-    problems; appends the data set it builds (rest_grpo: (task, partial program) start states; rest_dpo:
+    problems; appends the data set it builds (rest_grpo: (task, prefix program) start states; rest_dpo:
     (task, chosen ids, rejected ids) pairs) to the pool's queue in a shuffled order. Returns the round's info."""
     states = ddp.shard([make_state(i, '', rl_tasks, enc) for i in pool.fresh(cfg.rl_filter_tasks)])  # this rank's
     groups, info = [], dict(NO_SAMPLES)
     chunk = max(1, cfg.eval_batch_size // FILTER_SAMPLES)  # rows per sampler call as in an evaluation
     for k in range(0, len(states), chunk):
-        g, inf = rollout(policy, enc, states[k:k + chunk], FILTER_SAMPLES, cfg, generator, FILTER_TEMPERATURE)
+        g, chunk_info = rollout(policy, enc, states[k:k + chunk], FILTER_SAMPLES, cfg, generator, FILTER_TEMPERATURE)
         groups += [dict(task_idx=x['state']['task_idx'], reward=x['reward'], ids=x['ids'], texts=x['texts']) for x in g]
-        info = {key: v + inf[key] for key, v in info.items()}
+        info = {key: v + chunk_info[key] for key, v in info.items()}
     groups = ddp.unshard(ddp.gather(groups))  # every rank's problems, in order: every rank builds the same data set
     info['tokens'] = int(ddp.all_sum(info['tokens']))
     keep = keep_groups(torch.stack([g['reward'] for g in groups]), cfg.rl_std_threshold).tolist()
@@ -196,13 +195,13 @@ class StatePool:
 
 
 def rollout(policy, enc, states, G, cfg, generator=None, temperature=1.0):
-    """Sample G completions of each state (dict: task, text = prompt + partial program, ids) at `temperature` and
+    """Sample G completions of each state (dict: task, text = prompt + prefix, ids) at `temperature` and
     score every program = text + completion on the task's hidden tests. A completion cut at max_new_tokens is
     scored as it is and gets no end token: training only ever sees tokens the policy sampled.
     Returns (groups, info): one group per state with its G completions, their sampler log-probs and rewards."""
     t0 = time.time()
     policy.eval()
-    s = policy.sample([st['ids'] for st in states], n=G, max_new_tokens=cfg.max_new_tokens,
+    s = policy.sample([state['ids'] for state in states], n=G, max_new_tokens=cfg.max_new_tokens,
                       temperature=temperature, stop_ids=(enc.eot_token,), pad_id=T.pad_id(enc),
                       generator=generator)
     rows, stopped = s.rows(), s.stopped.tolist()
@@ -214,22 +213,23 @@ def rollout(policy, enc, states, G, cfg, generator=None, temperature=1.0):
     # a hang is a Result with reward 0
     results = sandbox.run_batch(jobs, timeout=TIMEOUT, stop_at_failure=cfg.rl_reward == 'binary')
     t2 = time.time()
-    binary = torch.tensor([float(r.total > 0 and r.passed == r.total) for r in results]).view(-1, G)  # all pass
+    binary = torch.tensor([float(r.solved) for r in results]).view(-1, G)  # every test passed
     reward = binary
     if cfg.rl_reward == 'partial':
         reward = torch.tensor([r.reward for r in results]).view(-1, G)  # fraction of tests passed
-    groups = [dict(state=st, ids=rows[k * G:(k + 1) * G], logp=logps[k * G:(k + 1) * G],
+    groups = [dict(state=state, ids=rows[k * G:(k + 1) * G], logp=logps[k * G:(k + 1) * G],
                    texts=texts[k * G:(k + 1) * G], reward=reward[k], binary=binary[k])
-              for k, st in enumerate(states)]
+              for k, state in enumerate(states)]
     info = dict(t_sample=t1 - t0, t_score=t2 - t1, tokens=sum(len(r) for r in rows),
                 truncated=len(rows) - sum(stopped))
     return groups, info
 
 
-def make_state(task_idx, partial, rl_tasks, enc):
+def make_state(task_idx, prefix, rl_tasks, enc):
+    """A start state: the task's prompt and the first lines of a program (prefix; '' for a fresh problem)."""
     task = rl_tasks[task_idx]
-    text = task['prompt'] + partial
-    return dict(task=task, task_idx=task_idx, partial=partial, text=text, ids=enc.encode_ordinary(text))
+    text = task['prompt'] + prefix
+    return dict(task=task, task_idx=task_idx, prefix=prefix, text=text, ids=enc.encode_ordinary(text))
 
 
 # -----------------------------------------------------------------------------
@@ -314,12 +314,12 @@ def grpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
                 lp, _ = trainee(prompts[s], comps[r], pad)
                 if step == 0:
                     old_lp[i] = lp.detach()  # pi_old = the policy that sampled the batch
-                loss, st = grpo_loss(lp, old_lp[i], r_lp, adv[r].to(lp.device), mask, kl_coef=cfg.rl_kl_coef,
+                loss, stats = grpo_loss(lp, old_lp[i], r_lp, adv[r].to(lp.device), mask, kl_coef=cfg.rl_kl_coef,
                                      token_level=TOKEN_LEVEL)
                 share = int(mask.sum()) / n_tok if TOKEN_LEVEL else (s.stop - s.start) / n_groups
                 (loss * share * W).backward()  # the micro-batch's share of the batch mean (DDP divides by W)
             tot['loss'] += loss.item() * share
-            for k, v in st.items():
+            for k, v in stats.items():
                 tot[k] += v * int(mask.sum()) / n_tok  # token-weighted means
         tot['grad_norm'] += _step(trainee, optimizer)
     tot = {k: ddp.all_sum(v) / cfg.rl_inner_steps if k != 'grad_norm' else v / cfg.rl_inner_steps
@@ -354,12 +354,12 @@ def dpo_update(trainee, ref, optimizer, batch, cfg, pad, ctx):
             with ddp.no_sync(trainee, last=i == len(parts) - 1), ctx:
                 seq, lp, _ = seq_logp(trainee, s)
                 P, share = s.stop - s.start, (s.stop - s.start) / n_pairs
-                loss, st = dpo_loss(seq[:P], seq[P:], r_seq[:P], r_seq[P:])
+                loss, stats = dpo_loss(seq[:P], seq[P:], r_seq[:P], r_seq[P:])
                 (loss * share * W).backward()  # DDP divides by W
             log_ref = (r_lp - lp).detach()  # log(pi_ref / pi), 0 at pads
-            st['kl'] = float((log_ref.exp() - log_ref - 1).sum() / mask.sum())  # k3 KL, logged only
+            stats['kl'] = float((log_ref.exp() - log_ref - 1).sum() / mask.sum())  # k3 KL, logged only
             tot['loss'] += loss.item() * share
-            for k, v in st.items():
+            for k, v in stats.items():
                 tot[k] += v * share
         tot['grad_norm'] += _step(trainee, optimizer)
     return {k: (v if k == 'grad_norm' else ddp.all_sum(v)) / cfg.rl_inner_steps for k, v in tot.items()}
@@ -395,7 +395,7 @@ def train_step(method, trainee, ref, optimizer, items, enc, rl_tasks, cfg, gener
     with ctx:
         groups, info = rollout(policy, enc, states, cfg.rl_group_size, cfg, generator, cfg.rl_temperature)
     stats = grpo_update(trainee, ref, optimizer, groups, cfg, pad, ctx)
-    brief = [dict(reward=g['reward'], binary=g['binary'], fresh=g['state']['partial'] == '',
+    brief = [dict(reward=g['reward'], binary=g['binary'], fresh=g['state']['prefix'] == '',
                   difficulty=g['state']['task']['difficulty']) for g in groups]  # what the iteration record reads
     info.update(tokens=int(ddp.all_sum(info['tokens'])), truncated=int(ddp.all_sum(info['truncated'])))
     return ddp.unshard(ddp.gather(brief)), info, stats
@@ -423,20 +423,17 @@ def iteration_record(it, prev, groups, n_items, sample_info, filter_info, stats,
                filter_problems=prev.get('filter_problems', 0) + filter_info['problems'],
                filter_kept=prev.get('filter_kept', 0) + filter_info['kept'], **stats)
     if groups:  # the training samples (not rest_dpo's, which trains on the filter's own)
-        R = torch.stack([g['reward'] for g in groups])  # (items, G)
+        rewards = torch.stack([g['reward'] for g in groups])  # (items, G)
         fresh = torch.tensor([g['fresh'] for g in groups])
-        rec.update(reward=R.mean().item(), reward_binary=torch.stack([g['binary'] for g in groups]).mean().item(),
-                   effective_group_frac=(R.amax(1) > R.amin(1)).float().mean().item(),  # nonzero std: a gradient
+        rec.update(reward=rewards.mean().item(),
+                   reward_binary=torch.stack([g['binary'] for g in groups]).mean().item(),
+                   effective_group_frac=(rewards.amax(1) > rewards.amin(1)).float().mean().item(),  # a gradient
                    prefix_frac=1 - fresh.float().mean().item(),  # share of trained groups that start mid-program
                    effective_groups_by_difficulty=_effective_by_difficulty(groups),
-                   truncated_frac=sample_info['truncated'] / R.numel())
+                   truncated_frac=sample_info['truncated'] / rewards.numel())
     t_sample, t_score = sample_info['t_sample'] + filter_info['t_sample'], sample_info['t_score'] + filter_info['t_score']
     rec.update(sample_share=t_sample / wall, score_share=t_score / wall, update_share=1 - (t_sample + t_score) / wall)
     return rec
-
-
-def _autocast(cfg):
-    return torch.autocast('cuda', dtype=torch.bfloat16) if cfg.dtype == 'bfloat16' else nullcontext()
 
 
 def rl_task_ids(rl_tasks, cfg):
@@ -494,11 +491,8 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     optimizer = policy.configure_optimizers(0.0, cfg.rl_lr, (0.9, 0.95), device.split(':')[0])  # no weight decay
     pool = StatePool(rl_task_ids(rl_tasks, cfg), cfg.seed)
     history, it0 = [], 0
-    if os.path.exists(path):
-        ckpt = load_checkpoint(path, device)
-        refuse_other_run(ckpt, cfg, path)
-        policy.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
+    ckpt = resume(path, device, policy, optimizer, check=lambda c: refuse_other_run(c, cfg, path))
+    if ckpt:
         pool.load_state_dict(ckpt['pool'])
         history, it0 = ckpt['history'], ckpt['iter_num']
         log(f"{name}: resuming from iteration {it0} of {path}")
@@ -539,12 +533,12 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
             save_checkpoint(history[0], cache)
             log(f"{name}: start{said}")
         ddp.barrier()
-    ctx = _autocast(cfg)
+    ctx = autocast(cfg.dtype)
     bar = tqdm(total=cfg.rl_iters, initial=it0, desc=name, dynamic_ncols=True, disable=not ddp.is_main())
     for it in range(it0 + 1, cfg.rl_iters + 1):
         t0 = time.time()
         # this rank's samples (rank 0's are one process's); the filter's shuffle (rng) is the same on every rank
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + it + 7_777_777_777 * ddp.rank())
+        generator = torch.Generator(device=device).manual_seed(T.step_seed(cfg.seed, it + 7_777_777_777 * ddp.rank()))
         rng = np.random.default_rng([cfg.seed, it])
         with ctx:
             items, filter_info = next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng)

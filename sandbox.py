@@ -74,6 +74,10 @@ class Result:
     def reward(self) -> float:
         return self.passed / self.total if self.total else 0.0
 
+    @property
+    def solved(self) -> bool:
+        return self.total > 0 and self.passed == self.total  # every test passed: what pass@k counts
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c passed (Chen et al., 2021)."""

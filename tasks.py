@@ -158,6 +158,12 @@ def get_tokenizer(path=os.path.join(DATA_DIR, TOKENIZER_FILE)):
                              special_tokens=special)
 
 
+def step_seed(seed, step):
+    """The seed of one step (an iteration, a batch, a decoding unit) of a run with `seed`: every step draws from
+    its own, so a resumed run draws exactly what the uninterrupted run drew."""
+    return seed * 1_000_003 + step
+
+
 # -----------------------------------------------------------------------------
 # evaluation: greedy or sampled pass@1 through the sandbox
 
@@ -175,10 +181,6 @@ def pad_id(enc):
 def completion_text(enc, ids):
     """Generated ids -> code: special tokens (end of solution, padding) are not code."""
     return enc.decode([i for i in ids if i < enc.eot_token])
-
-
-def solved(result):
-    return result.total > 0 and result.passed == result.total  # pass@1 counts a program that passes every test
 
 
 # APPS reports by difficulty band; here a band is a range of step counts (external sets: difficulty 0)
@@ -203,24 +205,39 @@ EVAL_TEMPERATURE = 0.7   # ... at this temperature (the paper evaluates its poli
 
 
 @torch.no_grad()
+def sample_programs(model, enc, task_list, device, max_new_tokens, batch_size, temperature, samples, seed=0):
+    """`samples` completions of each task's prompt at `temperature` (0: greedy), about batch_size rows a policy
+    call: (completion texts, their generated token counts), task by task."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    per_call = max(1, batch_size // samples)
+    texts, tokens = [], []
+    for i in range(0, len(task_list), per_call):
+        chunk = task_list[i:i + per_call]
+        s = model.sample([enc.encode_ordinary(t['prompt']) for t in chunk], n=samples, max_new_tokens=max_new_tokens,
+                         temperature=temperature, stop_ids=(enc.eot_token,), pad_id=pad_id(enc), generator=generator)
+        rows = s.rows()
+        texts += [completion_text(enc, row) for row in rows]
+        tokens += [len(row) for row in rows]
+    model.train(was_training)
+    return texts, tokens
+
+
+def grade(task_list, completions, samples=1):
+    """Per task the fraction of its `samples` completions (task by task) that pass every hidden test."""
+    results = sandbox.run_batch([(task_list[k // samples]['prompt'] + c, task_list[k // samples]['tests'])
+                                 for k, c in enumerate(completions)])
+    return [sum(r.solved for r in results[k * samples:(k + 1) * samples]) / samples for k in range(len(task_list))]
+
+
 def evaluate_sampled(model, enc, task_list, device, max_new_tokens=128, batch_size=256,
                      temperature=EVAL_TEMPERATURE, samples=EVAL_SAMPLES, seed=0):
     """pass@1 of programs sampled at `temperature`, `samples` per task: each task scores the fraction of its
     samples that pass (an unbiased pass@1 with less variance than one sample; the paper evaluates its policies
     by sampling at 0.7). Overall and per difficulty. temperature 0 is greedy (use samples=1)."""
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    per_call = max(1, batch_size // samples)
-    programs = []
-    for i in range(0, len(task_list), per_call):
-        chunk = task_list[i:i + per_call]
-        s = model.sample([enc.encode_ordinary(t['prompt']) for t in chunk], n=samples, max_new_tokens=max_new_tokens,
-                         temperature=temperature, stop_ids=(enc.eot_token,), pad_id=pad_id(enc), generator=generator)
-        programs += [chunk[r // samples]['prompt'] + completion_text(enc, row) for r, row in enumerate(s.rows())]
-    model.train(was_training)
-    results = sandbox.run_batch([(p, task_list[k // samples]['tests']) for k, p in enumerate(programs)])
-    ok = [sum(solved(r) for r in results[k * samples:(k + 1) * samples]) / samples for k in range(len(task_list))]
+    texts, _ = sample_programs(model, enc, task_list, device, max_new_tokens, batch_size, temperature, samples, seed)
+    ok = grade(task_list, texts, samples)
     by_difficulty, by_band = {}, {}
     for t, o in zip(task_list, ok):
         by_difficulty.setdefault(t['difficulty'], []).append(o)

@@ -39,7 +39,7 @@ import restrl
 import tasks as T
 import value
 from configurator import ConfigError, configure as parse_config, load_policy, pick_device, rl_path
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, autocast, resume, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # default config: the whole pipeline in about 25 minutes on 2 CPU cores
@@ -191,23 +191,23 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
     wrapped = ddp.wrap(model, dev)  # under torchrun, DDP all-reduces the gradients (the same init: seeded alike)
     optimizer = model.configure_optimizers(SFT_WEIGHT_DECAY, cfg.sft_lr, (0.9, 0.95), dev.split(':')[0])
     it, history = 0, []
-    if os.path.exists(path):
-        ckpt = load_checkpoint(path, dev)
-        differ = [f"{k}={ckpt['model_args'][k]} (this run: {v})" for k, v in model_args.items() if ckpt['model_args'][k] != v]
-        if differ:  # another run's out_dir: stop before touching it
+
+    def same_shape(ckpt):  # another run's out_dir: stop before touching it
+        differ = [f"{k}={ckpt['model_args'][k]} (this run: {v})" for k, v in model_args.items()
+                  if ckpt['model_args'][k] != v]
+        if differ:
             raise SystemExit(f"{path} holds a model with {', '.join(differ)}; use another --out_dir or delete it")
-        if ckpt.get('done'):
-            log(f"sft: complete in {path}, skipping")
-            model.load_state_dict(ckpt['model'])
-            return model, ckpt['eval']
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
+    ckpt = resume(path, dev, model, optimizer, check=same_shape)
+    if ckpt and ckpt['done']:
+        log(f"sft: complete in {path}, skipping")
+        return model, ckpt['eval']
+    if ckpt:
         it, history = ckpt['iter_num'], ckpt['history']
         log(f"sft: resuming from iteration {it}")
     x_all, y_all, len_all = encode_sft(enc, sft_tasks, cfg.block_size)
     log(f"sft: {model.num_params() / 1e6:.2f}M parameters, {len(sft_tasks)} tasks, "
         f"{int(len_all.float().mean())} tokens per task on average")
-    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if cfg.dtype == 'bfloat16' else nullcontext()
+    ctx = autocast(cfg.dtype)
 
     def checkpoint(done, eval_result=None):
         if ddp.is_main():
@@ -218,7 +218,7 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
     bar = tqdm(total=cfg.sft_iters, initial=it, desc='sft', dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.sft_iters:
         # the batch depends only on (seed, iteration), so a resumed run sees the batches it would have seen
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+        g = torch.Generator().manual_seed(T.step_seed(cfg.seed, it))
         ix = torch.randint(len(x_all), (cfg.sft_batch_size,), generator=g)
         for group in optimizer.param_groups:
             group['lr'] = cosine_lr(it, cfg.sft_lr, SFT_WARMUP_ITERS, cfg.sft_iters)
@@ -316,7 +316,7 @@ def finished(o):
     return True
 
 
-def restart(cfg, plan):
+def restart_from(cfg, plan):
     """--restart=STAGE: move the outputs of that stage and of every later one aside, so they are made again."""
     later = outputs.STAGES[outputs.STAGES.index(cfg.restart):]
     paths = [o.path for o in plan if o.stage in later]
@@ -486,7 +486,7 @@ def main(argv):
     plan = planned_outputs(cfg)
     try:
         if cfg.restart and ddp.is_main():
-            restart(cfg, plan)
+            restart_from(cfg, plan)
         ddp.barrier()
         preflight(plan, todo)  # every check before any work
     except outputs.Stale as e:

@@ -27,7 +27,7 @@ import ddp
 import mcts
 import sandbox
 import tasks as T
-from model import GPTConfig, ValueModel, load_checkpoint, save_checkpoint, weights_digest
+from model import GPTConfig, ValueModel, load_checkpoint, resume, save_checkpoint, weights_digest
 
 BATCH_TASKS = 8     # tasks per batch, all their programs: the ranking loss compares programs of one task
 LR = 3e-4
@@ -157,7 +157,7 @@ def grade_pool(tasks, pool):
     """Whether each sample passes every hidden test: for measuring rankers and picks, never for choosing."""
     results = iter(sandbox.run_batch([(t['prompt'] + d.text, t['tests']) for t, draws in zip(tasks, pool)
                                       for d in draws]))
-    return [[T.solved(next(results)) for _ in draws] for draws in pool]
+    return [[next(results).solved for _ in draws] for draws in pool]
 
 
 def program_scores(vm, enc, tasks, pool):
@@ -270,13 +270,11 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
     optimizer = torch.optim.AdamW([p for p in vm.parameters() if p.requires_grad], lr=LR, betas=(0.9, 0.95),
                                   weight_decay=0.0)
     it, history, best = 0, [], None
-    if os.path.exists(out_path):
-        ckpt = load_checkpoint(out_path, device)
-        vm.load_state_dict(ckpt['model'])
-        if ckpt['done']:
-            log(f"{name}: complete in {out_path}, skipping")
-            return ckpt['metrics']
-        optimizer.load_state_dict(ckpt['optimizer'])
+    ckpt = resume(out_path, device, vm, optimizer)
+    if ckpt and ckpt['done']:
+        log(f"{name}: complete in {out_path}, skipping")
+        return ckpt['metrics']
+    if ckpt:
         it, history, best = ckpt['iter_num'], ckpt['history'], ckpt['best']
         log(f"{name}: resuming from iteration {it}")
     log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {TARGET} targets"
@@ -292,7 +290,7 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
     bar = tqdm(total=cfg.vm_iters, initial=it, desc=name, dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.vm_iters:
         vm.train()
-        rng = random.Random(cfg.seed * 1_000_003 + it)  # batches depend on (seed, iteration) only
+        rng = random.Random(T.step_seed(cfg.seed, it))  # batches depend on (seed, iteration) only
         batch = ddp.shard(rng.sample(items, min(BATCH_TASKS, len(items))))  # this rank's tasks of it
         loss, parts = trainee(batch, RANK_COEF, T.pad_id(enc), device)
         optimizer.zero_grad(set_to_none=True)

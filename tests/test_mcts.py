@@ -19,7 +19,7 @@ import mcts  # noqa: E402
 import sandbox  # noqa: E402
 import tasks as T  # noqa: E402
 import value  # noqa: E402
-from mcts import Draw, Node, Tree, best_sample, format_tree, run_search, select, uct, value_targets  # noqa: E402
+from mcts import Draw, Node, Tree, best_sample, format_tree, run_search, uct, value_targets  # noqa: E402
 from model import GPT, GPTConfig, ValueModel  # noqa: E402
 
 PROMPT = 'P\n'

@@ -81,7 +81,7 @@ def test_restart_moves_the_stage_and_the_later_ones_aside(tmp_path):
     names = {'sft.pt', 'rl_rest_grpo_seed1337.pt', 'rl_rest_grpo_seed1338.pt', 'value_targets.jsonl', 'vm.pt',
              'orm.pt', 'decode.jsonl'}
     fake_make(cfg, names, result=lambda o: dict(iters=o.cfg.rl_iters) if o.stage == 'rl' else {})
-    train.restart(cfg, train.planned_outputs(cfg))
+    train.restart_from(cfg, train.planned_outputs(cfg))
     left = set(os.listdir(tmp_path))
     assert {'sft.pt', 'sft.json', 'value_targets.jsonl', 'value_targets.json'} <= left
     assert not {'vm.pt', 'vm.json', 'orm.pt', 'decode.jsonl', 'decode.json'} & left
