@@ -103,6 +103,39 @@ def pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
     record('ranking', 0, seed, figures=figures)
 
 
+def graded_row(tasks, method, n, seed, answers, samples, tokens, secs, log):
+    """A decoding row: the answers graded (pass@1 overall and per difficulty), samples and tokens per task."""
+    passed = T.grade(tasks, answers)
+    by_diff = {d: sum(p for p, t in zip(passed, tasks) if t['difficulty'] == d) /
+               sum(t['difficulty'] == d for t in tasks) for d in sorted({t['difficulty'] for t in tasks})}
+    r = dict(method=method, n=n, seed=seed, pass1=sum(passed) / len(tasks), by_difficulty=by_diff,
+             samples=sum(samples) / len(tasks), tokens=sum(tokens) / len(tasks), seconds=secs)
+    log(f"decode {method:14s} N={n:2d} seed {seed}: pass@1 {r['pass1']:.3f}, {r['samples']:.1f} samples "
+        f"and {r['tokens']:.0f} tokens a task, {secs:.0f}s")
+    return r
+
+
+def decode_units(cfg, policy, vm, orm, enc, tasks, ns, seeds, device, record):
+    """The work in units, each with its own seed: [(the rows (method, N, seed) it makes, how)]: the greedy row,
+    each seed's pool (its best-of-N rows and ranking figures), each search."""
+    def greedy_row():
+        t0 = time.time()
+        answers, tokens = T.sample_programs(policy, enc, tasks, device, cfg.max_new_tokens, cfg.mcts_batch_tasks,
+                                            temperature=0.0, samples=1)
+        record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
+
+    units = [([('greedy', 0, cfg.seed)], greedy_row)]
+    for seed in seeds:
+        units.append(([(m, n, seed) for m in BEST_OF_N for n in ns] + [('ranking', 0, seed)],
+                      partial(pool_rows, cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)))
+    for seed in seeds:
+        for n in ns:
+            for method, model in zip(SEARCHES, (orm, vm)):
+                units.append(([(method, n, seed)], partial(search_row, cfg, policy, model, enc, tasks, n, seed,
+                                                            method, device, record)))
+    return units
+
+
 def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None, log=tqdm.write):
     """pass@1 of every method at every N (decode_samples) and seed (seed, seed+1, ...) on decode_tasks test tasks
     spread over the split. Each row (method, N, seed) is appended to rows_path as it is made, and a rerun makes
@@ -126,17 +159,8 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None
         if (method, n, seed) in done:  # a pool redrawn for its missing rows: the rows already made stay
             return
         done.add((method, n, seed))
-        r = dict(method=method, n=n, seed=seed)
-        if figures is not None:
-            r['figures'] = figures
-        else:
-            passed = T.grade(tasks, answers)
-            by_diff = {d: sum(p for p, t in zip(passed, tasks) if t['difficulty'] == d) /
-                       sum(t['difficulty'] == d for t in tasks) for d in sorted({t['difficulty'] for t in tasks})}
-            r.update(pass1=sum(passed) / len(tasks), by_difficulty=by_diff, samples=sum(samples) / len(tasks),
-                     tokens=sum(tokens) / len(tasks), seconds=secs)
-            log(f"decode {method:14s} N={n:2d} seed {seed}: pass@1 {r['pass1']:.3f}, {r['samples']:.1f} samples "
-                f"and {r['tokens']:.0f} tokens a task, {secs:.0f}s")
+        r = dict(method=method, n=n, seed=seed, figures=figures) if figures is not None else \
+            graded_row(tasks, method, n, seed, answers, samples, tokens, secs, log)
         r = json.loads(json.dumps(r))  # as it reads back from the file
         rows.append(r)
         if part:
@@ -144,22 +168,7 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None
                 f.write(json.dumps(r) + '\n')
         bar.update(1)
 
-    def greedy_row():
-        t0 = time.time()
-        answers, tokens = T.sample_programs(policy, enc, tasks, device, cfg.max_new_tokens, cfg.mcts_batch_tasks,
-                                            temperature=0.0, samples=1)
-        record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
-
-    units = [([('greedy', 0, cfg.seed)], greedy_row)]  # (the rows a unit makes, how)
-    for seed in seeds:
-        units.append(([(m, n, seed) for m in BEST_OF_N for n in ns] + [('ranking', 0, seed)],
-                      partial(pool_rows, cfg, policy, vm, orm, enc, tasks, ns, seed, device, record)))
-    for seed in seeds:
-        for n in ns:
-            for method, model in zip(SEARCHES, (orm, vm)):
-                units.append(([(method, n, seed)], partial(search_row, cfg, policy, model, enc, tasks, n, seed,
-                                                            method, device, record)))
-    for keys, run in ddp.shard(units):
+    for keys, run in ddp.shard(decode_units(cfg, policy, vm, orm, enc, tasks, ns, seeds, device, record)):
         if any(k not in done for k in keys):
             run()
     bar.close()

@@ -470,13 +470,7 @@ def refuse_other_run(ckpt, cfg, path):
                          "out_dir")
 
 
-def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=tqdm.write):
-    """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
-    Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
-    (seed, iteration), so a resumed run equals an uninterrupted one. Greedy pass@1 on eval_tasks (the dev split)
-    at the start and every rl_eval_interval iterations; on test_tasks (greedy, and sampled: tasks.EVAL_SAMPLES per
-    task at tasks.EVAL_TEMPERATURE) at the start, every rl_test_interval iterations (0: none between) and at the end;
-    test_tasks=None (a sweep) never reads the test split. Returns the history."""
+def check_settings(cfg, method):
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got '{method}'")
     if cfg.rl_reward not in ('binary', 'partial'):
@@ -484,6 +478,70 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     for key, least in (('rl_eval_interval', 1), ('rl_group_size', 2)):
         if getattr(cfg, key) < least:  # a group of one sample has no reward std to go by
             raise ValueError(f"config key '{key}' must be at least {least}; got {getattr(cfg, key)}")
+
+
+class Evaluator:
+    """Greedy pass@1 on the eval split (dev), and on test greedy and sampled (tasks.EVAL_SAMPLES programs a task
+    at tasks.EVAL_TEMPERATURE); each call adds its figures to an iteration record and returns a log fragment."""
+
+    def __init__(self, policy, enc, eval_tasks, test_tasks, cfg, device):
+        self.policy, self.enc, self.cfg, self.device = policy, enc, cfg, device
+        self.eval_tasks = T.spread(eval_tasks, cfg.eval_tasks)
+        self.test_tasks = None if test_tasks is None else T.spread(test_tasks, cfg.final_eval_tasks)
+
+    def dev(self, rec):
+        cfg = self.cfg
+        ev = T.evaluate_greedy(self.policy, self.enc, self.eval_tasks, self.device, cfg.max_new_tokens,
+                               cfg.eval_batch_size)
+        rec.update(eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty'])
+        return f", {cfg.eval_split} pass@1 {ev['pass1']:.3f}"
+
+    def at(self, it, rec):
+        """The evaluations due at iteration `it`: dev every rl_eval_interval, test every rl_test_interval, both at
+        the end."""
+        cfg, last = self.cfg, it == self.cfg.rl_iters
+        said = self.dev(rec) if it % cfg.rl_eval_interval == 0 or last else ''
+        if self.test_tasks is not None and (last or cfg.rl_test_interval and it % cfg.rl_test_interval == 0):
+            said += self.test(rec)
+        return said
+
+    def test(self, rec):
+        cfg, tasks = self.cfg, self.test_tasks
+        ev = T.evaluate_greedy(self.policy, self.enc, tasks, self.device, cfg.max_new_tokens, cfg.eval_batch_size)
+        sampled = T.evaluate_sampled(self.policy, self.enc, tasks, self.device, cfg.max_new_tokens,
+                                     cfg.eval_batch_size, seed=cfg.seed)
+        rec.update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'],
+                   test_pass1_sampled=sampled['pass1'], test_by_difficulty_sampled=sampled['by_difficulty'])
+        return f", test pass@1 {ev['pass1']:.3f} (sampled at {T.EVAL_TEMPERATURE:g}: {sampled['pass1']:.3f})"
+
+
+def start_record(name, evaluator, path, log):
+    """Iteration 0: the starting policy's evaluation, made once per (weights, seed, evaluation settings) and kept
+    beside the run: every method of a seed starts from the same model, so its start is the same."""
+    start = dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0)
+    if not ddp.is_main():  # rank 0 evaluates; the others keep a bare start record
+        return start
+    with_test = evaluator.test_tasks is not None
+    cache = start_eval_path(evaluator.policy, evaluator.cfg, with_test, path)
+    if os.path.exists(cache):
+        log(f"{name}: start evaluation reused from {cache}")
+        return load_checkpoint(cache)
+    log(f"{name}: evaluating the starting policy ({len(evaluator.eval_tasks)} {evaluator.cfg.eval_split} tasks"
+        + (f", {len(evaluator.test_tasks)} test tasks greedy and {T.EVAL_SAMPLES} samples each)" if with_test else ")"))
+    said = evaluator.dev(start) + (evaluator.test(start) if with_test else '')
+    save_checkpoint(start, cache)
+    log(f"{name}: start{said}")
+    return start
+
+
+def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, method, log=tqdm.write):
+    """RL from `policy` (the starting, e.g. SFT, model; a frozen copy of it is the KL reference) with `method`.
+    Checkpoints every iteration to `path` and resumes from it; every iteration draws from its own seeds
+    (seed, iteration), so a resumed run equals an uninterrupted one. Greedy pass@1 on eval_tasks (the dev split)
+    at the start and every rl_eval_interval iterations; on test_tasks (greedy, and sampled) at the start, every
+    rl_test_interval iterations (0: none between) and at the end; test_tasks=None (a sweep) never reads the test
+    split. Returns the history."""
+    check_settings(cfg, method)
     name = f"rl {method} seed {cfg.seed}"
     policy.eval()  # no dropout anywhere in RL: it would make pi, pi_old and the sampler disagree by noise
     ref = copy.deepcopy(policy).requires_grad_(False)
@@ -496,42 +554,9 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
         pool.load_state_dict(ckpt['pool'])
         history, it0 = ckpt['history'], ckpt['iter_num']
         log(f"{name}: resuming from iteration {it0} of {path}")
-
-    def evaluate(rec, split):  # rank 0 only
-        if split == 'eval':
-            ev = T.evaluate_greedy(policy, enc, T.spread(eval_tasks, cfg.eval_tasks), device, cfg.max_new_tokens,
-                                   cfg.eval_batch_size)
-            rec.update(eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty'])
-            return f", {cfg.eval_split} pass@1 {ev['pass1']:.3f}"
-        tasks = T.spread(test_tasks, cfg.final_eval_tasks)
-        ev = T.evaluate_greedy(policy, enc, tasks, device, cfg.max_new_tokens, cfg.eval_batch_size)
-        sampled = T.evaluate_sampled(policy, enc, tasks, device, cfg.max_new_tokens, cfg.eval_batch_size,
-                                     seed=cfg.seed)
-        rec.update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'],
-                   test_pass1_sampled=sampled['pass1'], test_by_difficulty_sampled=sampled['by_difficulty'])
-        return f", test pass@1 {ev['pass1']:.3f} (sampled at {T.EVAL_TEMPERATURE:g}: {sampled['pass1']:.3f})"
-
-    def checkpoint(it):
-        if ddp.is_main():
-            save_checkpoint(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it,
-                                 method=method, model_args=asdict(policy.config), pool=pool.state_dict(),
-                                 history=history, config=vars(cfg)), path)
-
-    if not history:  # iteration 0: the starting policy, evaluated once per (weights, seed, evaluation settings)
-        cache = start_eval_path(policy, cfg, test_tasks is not None, path)
-        if not ddp.is_main():  # rank 0 evaluates; the others keep a bare start record
-            history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
-        elif os.path.exists(cache):  # every method of a seed starts from the same model: its start is the same
-            history.append(load_checkpoint(cache))
-            log(f"{name}: start evaluation reused from {cache}")
-        else:
-            history.append(dict(iter=0, optimizer_steps=0, tokens_sampled=0, wall_total=0.0))
-            log(f"{name}: evaluating the starting policy ({len(T.spread(eval_tasks, cfg.eval_tasks))} "
-                f"{cfg.eval_split} tasks" + (f", {len(T.spread(test_tasks, cfg.final_eval_tasks))} test tasks greedy and "
-                                             f"{T.EVAL_SAMPLES} samples each)" if test_tasks is not None else ")"))
-            said = evaluate(history[0], 'eval') + (evaluate(history[0], 'test') if test_tasks is not None else '')
-            save_checkpoint(history[0], cache)
-            log(f"{name}: start{said}")
+    evaluator = Evaluator(policy, enc, eval_tasks, test_tasks, cfg, device)
+    if not history:
+        history.append(start_record(name, evaluator, path, log))
         ddp.barrier()
     ctx = autocast(cfg.dtype)
     bar = tqdm(total=cfg.rl_iters, initial=it0, desc=name, dynamic_ncols=True, disable=not ddp.is_main())
@@ -548,18 +573,15 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
                                                     generator, ctx)  # rank needs one item, or DDP would wait)
         rec = iteration_record(it, history[-1], groups, len(items), sample_info, filter_info, stats,
                                time.time() - t0, cfg)
-        said = ''
-        if ddp.is_main() and (it % cfg.rl_eval_interval == 0 or it == cfg.rl_iters):
-            said += evaluate(rec, 'eval')
-        if ddp.is_main() and test_tasks is not None and (it == cfg.rl_iters or cfg.rl_test_interval
-                                                         and it % cfg.rl_test_interval == 0):
-            said += evaluate(rec, 'test')
+        said = evaluator.at(it, rec) if ddp.is_main() else ''
         ddp.barrier()
         history.append(rec)
-        checkpoint(it)
-        bar.update(1)
         if ddp.is_main():
+            save_checkpoint(dict(model=policy.state_dict(), optimizer=optimizer.state_dict(), iter_num=it, method=method,
+                                 model_args=asdict(policy.config), pool=pool.state_dict(), history=history,
+                                 config=vars(cfg)), path)
             log(describe(name, rec) + said)
+        bar.update(1)
     bar.close()
     return history
 

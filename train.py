@@ -181,7 +181,39 @@ def cosine_lr(it, peak, warmup, total):
     return peak / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (peak - peak / 10)  # cosine to peak/10
 
 
+def sft_step(wrapped, model, optimizer, data, it, cfg, ctx):
+    """One SFT optimizer step on a batch drawn by (seed, iteration): a resumed run sees the batches it would
+    have seen. Returns the batch loss and its number of target tokens."""
+    x_all, y_all, len_all = data
+    g = torch.Generator().manual_seed(T.step_seed(cfg.seed, it))
+    ix = torch.randint(len(x_all), (cfg.sft_batch_size,), generator=g)
+    for group in optimizer.param_groups:
+        group['lr'] = cosine_lr(it, cfg.sft_lr, SFT_WARMUP_ITERS, cfg.sft_iters)
+    optimizer.zero_grad(set_to_none=True)
+    loss, n_targets = sft_backward(wrapped, x_all, y_all, len_all, ix, SFT_MICRO_BATCHES, cfg.device, ctx)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    optimizer.step()
+    return loss, n_targets
+
+
+def sft_test(model, enc, test_tasks, cfg, log):
+    ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.final_eval_tasks), cfg.device, cfg.max_new_tokens,
+                           cfg.eval_batch_size)
+    log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)}); by difficulty "
+        + ", ".join(f"{d}: {p:.2f}" for d, p in sorted(ev['by_difficulty'].items())))
+    return ev
+
+
+def same_shape(ckpt, model_args, path):
+    """Refuse an sft.pt that holds a model of another shape (another run's out_dir) before touching it."""
+    differ = [f"{k}={ckpt['model_args'][k]} (this run: {v})" for k, v in model_args.items() if ckpt['model_args'][k] != v]
+    if differ:
+        raise SystemExit(f"{path} holds a model with {', '.join(differ)}; use another --out_dir or delete it")
+
+
 def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
+    """The SFT warm start (sft.pt): greedy pass@1 on eval_tasks and a checkpoint every sft_eval_interval steps,
+    resumable; at the end greedy pass@1 on test_tasks. Returns (model, the test evaluation)."""
     path = os.path.join(cfg.out_dir, 'sft.pt')
     dev = cfg.device
     model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
@@ -191,22 +223,16 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
     wrapped = ddp.wrap(model, dev)  # under torchrun, DDP all-reduces the gradients (the same init: seeded alike)
     optimizer = model.configure_optimizers(SFT_WEIGHT_DECAY, cfg.sft_lr, (0.9, 0.95), dev.split(':')[0])
     it, history = 0, []
-
-    def same_shape(ckpt):  # another run's out_dir: stop before touching it
-        differ = [f"{k}={ckpt['model_args'][k]} (this run: {v})" for k, v in model_args.items()
-                  if ckpt['model_args'][k] != v]
-        if differ:
-            raise SystemExit(f"{path} holds a model with {', '.join(differ)}; use another --out_dir or delete it")
-    ckpt = resume(path, dev, model, optimizer, check=same_shape)
+    ckpt = resume(path, dev, model, optimizer, check=lambda c: same_shape(c, model_args, path))
     if ckpt and ckpt['done']:
         log(f"sft: complete in {path}, skipping")
         return model, ckpt['eval']
     if ckpt:
         it, history = ckpt['iter_num'], ckpt['history']
         log(f"sft: resuming from iteration {it}")
-    x_all, y_all, len_all = encode_sft(enc, sft_tasks, cfg.block_size)
+    data = encode_sft(enc, sft_tasks, cfg.block_size)
     log(f"sft: {model.num_params() / 1e6:.2f}M parameters, {len(sft_tasks)} tasks, "
-        f"{int(len_all.float().mean())} tokens per task on average")
+        f"{int(data[2].float().mean())} tokens per task on average")
     ctx = autocast(cfg.dtype)
 
     def checkpoint(done, eval_result=None):
@@ -217,37 +243,22 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
     t0, tokens_seen = time.time(), 0
     bar = tqdm(total=cfg.sft_iters, initial=it, desc='sft', dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.sft_iters:
-        # the batch depends only on (seed, iteration), so a resumed run sees the batches it would have seen
-        g = torch.Generator().manual_seed(T.step_seed(cfg.seed, it))
-        ix = torch.randint(len(x_all), (cfg.sft_batch_size,), generator=g)
-        for group in optimizer.param_groups:
-            group['lr'] = cosine_lr(it, cfg.sft_lr, SFT_WARMUP_ITERS, cfg.sft_iters)
-        optimizer.zero_grad(set_to_none=True)
-        loss, n_targets = sft_backward(wrapped, x_all, y_all, len_all, ix, SFT_MICRO_BATCHES, dev, ctx)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        optimizer.step()
+        loss, n_targets = sft_step(wrapped, model, optimizer, data, it, cfg, ctx)
         it += 1
         tokens_seen += n_targets
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
         if ddp.is_main() and (it % cfg.sft_eval_interval == 0 or it == cfg.sft_iters):
             dt = time.time() - t0
-            ev = T.evaluate_greedy(model, enc, T.spread(eval_tasks, cfg.eval_tasks), dev,
-                                   cfg.max_new_tokens, cfg.eval_batch_size)
-            history.append(dict(iter=it, loss=loss, eval_pass1=ev['pass1'],
-                                eval_by_difficulty=ev['by_difficulty']))
-            left = dt / max(1, it - bar.initial) * (cfg.sft_iters - it)
-            log(f"sft iter {it}: loss {loss:.4f}, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} "
-                f"{cfg.eval_split} tasks ({T.format_bands(ev)}), "
-                f"{tokens_seen / dt:.0f} target tok/s, {left / 60:.1f} min left")
+            ev = T.evaluate_greedy(model, enc, T.spread(eval_tasks, cfg.eval_tasks), dev, cfg.max_new_tokens,
+                                   cfg.eval_batch_size)
+            history.append(dict(iter=it, loss=loss, eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty']))
+            log(f"sft iter {it}: loss {loss:.4f}, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} {cfg.eval_split} "
+                f"tasks ({T.format_bands(ev)}), {tokens_seen / dt:.0f} target tok/s, "
+                f"{dt / max(1, it - bar.initial) * (cfg.sft_iters - it) / 60:.1f} min left")
             checkpoint(done=False)
     bar.close()
-    ev = None  # rank 0 evaluates
-    if ddp.is_main():
-        ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.final_eval_tasks), dev, cfg.max_new_tokens,
-                               cfg.eval_batch_size)
-        log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)}); by difficulty "
-            + ", ".join(f"{d}: {p:.2f}" for d, p in sorted(ev['by_difficulty'].items())))
+    ev = sft_test(model, enc, test_tasks, cfg, log) if ddp.is_main() else None  # rank 0 evaluates
     checkpoint(done=True, eval_result=ev)
     return model, ev
 

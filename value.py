@@ -254,6 +254,20 @@ class Loss(torch.nn.Module):
         return vm_loss(self.vm, items, rank_coef, pad_id, device)
 
 
+def dev_ranking(vm, enc, dev):
+    """How the model ranks the dev pool's samples (ranking's figures, named dev_...)."""
+    scores = program_scores(vm.eval(), enc, dev['tasks'], dev['pool'])
+    complete = [[d.complete for d in draws] for draws in dev['pool']]
+    return {f'dev_{k}': v for k, v in ranking(scores, dev['passed'], complete=complete).items()}
+
+
+def save_value_model(path, vm, optimizer, best, it, history, cfg, done):
+    """A resumable checkpoint; a finished one holds the kept step's weights and metrics (rank 0 only)."""
+    save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
+                         model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it, config=vars(cfg),
+                         history=history, done=done, metrics=dict(best['metrics'], iters_trained=it)), path)
+
+
 def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_complete=False, log=tqdm.write):
     """The VM (or with only_complete the ORM: the same model, loss, steps and batch) on the mcts records, from
     the policy's weights. Validates every vm_eval_interval steps on the dev pool `dev` (dev_pool) and keeps the
@@ -279,14 +293,6 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
         log(f"{name}: resuming from iteration {it}")
     log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {TARGET} targets"
         + ('' if only_complete else ' at every line end'))
-    def save(done):  # a finished checkpoint holds the kept step's weights and metrics
-        if ddp.is_main():
-            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
-                                 model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it,
-                                 config=vars(cfg), history=history, done=done,
-                                 metrics=dict(best['metrics'], iters_trained=it)), out_path)
-
-    complete = [[d.complete for d in draws] for draws in dev['pool']]
     bar = tqdm(total=cfg.vm_iters, initial=it, desc=name, dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.vm_iters:
         vm.train()
@@ -300,18 +306,16 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
         it += 1
         bar.update(1)
         if ddp.is_main() and (it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters):
-            scores = program_scores(vm.eval(), enc, dev['tasks'], dev['pool'])
-            metrics = dict(iter=it, loss=loss.item(), **parts,
-                           **{f'dev_{k}': v for k, v in ranking(scores, dev['passed'], complete=complete).items()})
+            metrics = dict(iter=it, loss=loss.item(), **parts, **dev_ranking(vm, enc, dev))
             history.append(metrics)
             if best is None or (metrics['dev_within_task_auc'] or 0) > (best['metrics']['dev_within_task_auc'] or 0):
                 best = dict(metrics=metrics, model={k: v.clone() for k, v in vm.state_dict().items()})
-            save(done=False)
+            save_value_model(out_path, vm, optimizer, best, it, history, cfg, done=False)
             log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     bar.close()
     if not ddp.is_main():
         return {}
     vm.load_state_dict(best['model'])
-    save(done=True)
+    save_value_model(out_path, vm, optimizer, best, it, history, cfg, done=True)
     log(f"{name}: keeping step {best['metrics']['iter']} of {it} (the best dev within-task AUC)")
     return dict(best['metrics'], iters_trained=it)
