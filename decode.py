@@ -45,10 +45,10 @@ def line_scores(vm, enc, tasks, pool):
     seqs, starts = zip(*[value.encode_state(enc, t['prompt'], d.text, d.complete, vm.gpt.config.block_size)
                          for t, draws in zip(tasks, pool) for d in draws])
     vals, idx, lengths = value.values_at_positions(vm.eval(), seqs, starts, T.pad_id(enc))
-    pos = torch.arange(idx.size(1), device=idx.device)[None, :]  # (1, T)
+    pos = torch.arange(idx.size(1), device=idx.device)[None, :]  # (1, L)
     last = pos == lengths[:, None] - 1
     step_end = ((idx == newline) & (pos >= torch.tensor(starts, device=idx.device)[:, None])
-                & (pos < lengths[:, None])) | last  # (N, T)
+                & (pos < lengths[:, None])) | last  # (N, L)
     mins = iter(vals.masked_fill(~step_end, float('inf')).min(1).values.tolist())  # min over steps of V(prefix)
     means = iter(((vals * step_end).sum(1) / step_end.sum(1)).tolist())  # mean over steps of V(prefix)
     return dict(prm_min=[[next(mins) for _ in draws] for draws in pool],

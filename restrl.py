@@ -72,7 +72,7 @@ def group_advantages(rewards, eps=ADV_EPS, scale_by_std=True):
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=CLIP_EPS, kl_coef=0.02, token_level=False):
     """Clipped GRPO objective with a k3 KL penalty to the reference, per token, pads masked.
-    logp, old_logp, ref_logp, mask: (R, T) over completion tokens; advantages: (R,) one per output.
+    logp, old_logp, ref_logp, mask: (R, L) over completion tokens; advantages: (R,) one per output.
     Averaged over the tokens of each output, then over outputs; token_level=True averages over all tokens (DAPO)."""
     A = advantages[:, None]  # (R, 1)
     log_ratio = torch.where(mask, logp - old_logp, 0.0)  # pads -> ratio 1 and KL 0, whatever garbage they hold
@@ -239,28 +239,16 @@ def make_state(task_idx, prefix, rl_tasks, enc):
 def completion_logprobs(model, prompts, completions, pad):
     """log pi(c_j | prompt, c_<j) for every completion token: (R, Tc), and its mask (R, Tc).
     The R completions continue the P prompts in order, R // P each (a GRPO group: G samples of one state).
-    Each prompt runs through the model once and its completions attend to its keys and values, so a group of
-    G pays for its prompt once instead of G times (the gradient through the prompt sums over the group)."""
-    dev = model.lm_head.weight.device
+    Each prompt runs through the model once and its completions attend to its keys and values
+    (GPT.shared_prompt_hidden), so a group of G pays for its prompt once instead of G times (the gradient
+    through the prompt sums over the group)."""
     P, R = len(prompts), len(completions)
     assert R % P == 0, f"{R} completions do not split evenly over {P} prompts"
-    G = R // P
-    Lp = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(G)  # (R,) prompt length per row
-    Lc = torch.tensor([len(c) for c in completions], device=dev)  # (R,)
-    prompt_idx = pad_sequence([torch.tensor(p) for p in prompts], True, pad).to(dev)  # (P, Tp)
-    comp_idx = pad_sequence([torch.tensor(c) for c in completions], True, pad).to(dev)  # (R, Tc)
-    Tp, Tc = prompt_idx.size(1), comp_idx.size(1)
-    j = torch.arange(Tc, device=dev)
-    h_prompt, kvs = model.hidden(prompt_idx, keep_kv=True)  # (P, Tp, C), per layer (P, nh, Tp, hs)
-    kvs = [(k.repeat_interleave(G, 0), v.repeat_interleave(G, 0)) for k, v in kvs]  # (R, nh, Tp, hs)
-    pos = (Lp[:, None] + j[None]).clamp(max=model.config.block_size - 1)  # (R, Tc); clamped ones are pads
-    sees_prompt = (torch.arange(Tp, device=dev)[None, :] < Lp[:, None])[:, None, :].expand(R, Tc, Tp)
-    causal = torch.ones(Tc, Tc, dtype=torch.bool, device=dev).tril().expand(R, Tc, Tc)
-    h_comp = model.continue_hidden(comp_idx, pos, kvs, torch.cat([sees_prompt, causal], 2)[:, None])  # (R, Tc, C)
-    last = h_prompt[torch.arange(P, device=dev).repeat_interleave(G), Lp - 1]  # (R, C): predicts token 0
+    last, h_comp, mask = model.shared_prompt_hidden(prompts, completions, [R // P] * P, pad)
     h = torch.cat([last[:, None], h_comp[:, :-1]], 1)  # (R, Tc, C): h[:, j] predicts completion token j
+    comp_idx = pad_sequence([torch.tensor(c) for c in completions], True, pad).to(h.device)  # (R, Tc)
     lp = torch.log_softmax(model.lm_head(h).float(), -1).gather(-1, comp_idx[..., None]).squeeze(-1)
-    return lp, j[None] < Lc[:, None]  # (R, Tc), (R, Tc)
+    return lp, mask  # (R, Tc), (R, Tc)
 
 
 class LogProbs(torch.nn.Module):

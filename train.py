@@ -134,7 +134,7 @@ def configure(argv, defaults=DEFAULTS):
 # SFT: next-token cross-entropy on prompt + solution, loss on the solution tokens only
 
 def encode_sft(enc, task_list, block_size):
-    """Pack tasks into right-padded (N, T) inputs and targets; targets are -1 on prompt and padding."""
+    """Pack tasks into right-padded (N, L) inputs and targets; targets are -1 on prompt and padding."""
     seqs, n_prompt = [], []
     for t in task_list:
         p = enc.encode_ordinary(t['prompt'])

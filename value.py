@@ -48,7 +48,7 @@ def encode_state(enc, prompt, text, complete, block_size):
 
 
 def pad_right(seqs, pad_id, device):
-    """(N, T) right-padded ids and the lengths (N,); the VM is causal, so V(row b) = out[b, length_b - 1]."""
+    """(N, L) right-padded ids and the lengths (N,); the VM is causal, so V(row b) = out[b, length_b - 1]."""
     lengths = torch.tensor([len(s) for s in seqs], device=device)
     idx = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long, device=device)
     for i, s in enumerate(seqs):
@@ -59,7 +59,7 @@ def pad_right(seqs, pad_id, device):
 @torch.no_grad()
 def values_at_positions(vm, seqs, starts, pad_id, batch_size=256):
     """The VM's value at every position of every sequence (starts: where each solution begins):
-    (values (N, T), ids (N, T), lengths (N,))."""
+    (values (N, L), ids (N, L), lengths (N,))."""
     idx, lengths = pad_right(seqs, pad_id, next(vm.parameters()).device)
     start = torch.tensor(starts, device=idx.device)
     vals = torch.cat([torch.sigmoid(vm(idx[i:i + batch_size], start[i:i + batch_size]))
