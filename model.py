@@ -282,7 +282,6 @@ class GPT(nn.Module):
         last = self.transformer.ln_f(x[torch.arange(P, device=idx.device), lengths - 1])  # (P, C)
         return cache, self.lm_head(last)  # (P, V)
 
-    @torch.no_grad()
     def _room(self, prompts, max_new_tokens):
         """Per prompt the new tokens it may take: its limit, cut to what block_size leaves it."""
         if not prompts:
@@ -296,6 +295,7 @@ class GPT(nn.Module):
                              f"block_size {self.config.block_size}")
         return caps
 
+    @torch.no_grad()
     def sample(self, prompts, n=1, max_new_tokens=64, temperature=1.0, top_k=None, stop_ids=(), pad_id=0,
                generator=None):
         """Sample n continuations of each prompt (list of token-id lists) with a KV cache.
