@@ -95,9 +95,9 @@ class PlainGPT(nn.Module):
         self.lm_head.weight = self.wte.weight
 
     def forward(self, idx, targets):
-        T = idx.size(1)
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
-        mask = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device)
+        L = idx.size(1)
+        x = self.wte(idx) + self.wpe(torch.arange(L, device=idx.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(L, device=idx.device)
         logits = self.lm_head(self.ln_f(self.h(x, mask=mask, is_causal=True)))
         loss = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss

@@ -24,10 +24,8 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
@@ -36,6 +34,13 @@ import ddp
 import outputs
 import sandbox
 import tasks as T
+
+NUM_SAMPLE = 5      # complete programs sampled per expansion (official num_sample)
+NUM_DECISION = 3    # children a decoding search keeps selectable per node, best valued first (official)
+C_COLLECT = 0.2     # UCT constant when collecting (official)
+C_DECODE = 0.1      # UCT constant when decoding (official)
+EPS = 0.1           # UCT guard against division by zero (official)
+TEMPERATURE = 0.7   # every search's and sample pool's sampling temperature, collecting and decoding (official)
 
 # -----------------------------------------------------------------------------
 # the search (model-free: the policy and the scorer are callables)
@@ -144,7 +149,8 @@ def grow(tree, leaf, draws):
     return out, new
 
 
-def run_search(trees, expand, score, num_sample=5, num_decision=None, c=0.2, eps=0.1, value_states=False):
+def run_search(trees, expand, score, num_sample=NUM_SAMPLE, num_decision=None, c=C_COLLECT, eps=EPS,
+               value_states=False):
     """
     Advance all trees in lock-step until each has spent its budget of complete samples.
     expand(states, ns) -> per state a list of at most ns[i] Draws continuing it (fewer: no room left).
@@ -230,7 +236,7 @@ def value_targets(tree):
 # adapters: the policy as an expander, the tests as a scorer (the VM's: value.value_scorer)
 
 
-def sample_groups(policy, prompts, ns, max_new_tokens, stats, **kw):
+def sample_continuations(policy, prompts, ns, max_new_tokens, stats, **kw):
     """policy.sample for prompts wanting different numbers of samples: one call per distinct n, each row
     limited to min(max_new_tokens (int or one per prompt), block_size - len(prompt)). Returns per prompt its
     rows (ids with the stop token, per-token log-probs at temperature 1, stopped); no room, no rows."""
@@ -255,7 +261,7 @@ def policy_expander(policy, enc, max_tokens, temperature, stats, generator=None)
     eot, pad = enc.eot_token, T.pad_id(enc)
 
     def expand(states, ns):
-        rows = sample_groups(policy, [enc.encode_ordinary(s) for s in states], ns, max_tokens, stats,
+        rows = sample_continuations(policy, [enc.encode_ordinary(s) for s in states], ns, max_tokens, stats,
                              temperature=temperature, stop_ids=(eot,), pad_id=pad, generator=generator)
         return [[Draw(T.completion_text(enc, ids), stopped, len(ids), sum(lp) / len(lp)) for ids, lp, stopped in r]
                 for r in rows]
@@ -304,10 +310,10 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=tqdm.
     policy.eval()
     stats, t0, roots = {}, time.time(), []
     for b in tqdm(left, desc='mcts', dynamic_ncols=True, disable=not ddp.is_main()):
-        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b)
-        expand = policy_expander(policy, enc, cfg.max_new_tokens, cfg.mcts_temperature, stats, gen)
+        gen = torch.Generator(device=device).manual_seed(T.step_seed(cfg.seed, b))
+        expand = policy_expander(policy, enc, cfg.max_new_tokens, TEMPERATURE, stats, gen)
         trees = run_search([Tree(t, cfg.mcts_collect_samples) for t in batches[b]], expand, test_scorer(),
-                           num_sample=cfg.mcts_num_sample, c=cfg.mcts_c_collect, eps=cfg.mcts_eps)
+                           num_sample=NUM_SAMPLE, c=C_COLLECT)
         records = [dict(task_id=tree.task['task_id'], prompt=tree.task['prompt'], **r)
                    for tree in trees for r in value_targets(tree)]
         with open(part, 'a') as f:
@@ -358,61 +364,3 @@ def merge_parts(path, n_batches, world):
     for f in parts + [p + '.progress' for p in parts]:
         if os.path.exists(f):
             os.remove(f)
-
-
-# -----------------------------------------------------------------------------
-# python mcts.py --task TASK_ID [--ckpt PATH] [--vm PATH] [--key=value ...]: watch one search
-
-
-def main(argv):
-    import argparse
-    import train
-    import value
-    ap = argparse.ArgumentParser(description="Run one MCTS on one task and print the tree; other --key=value "
-                                 "arguments are train.py config overrides (e.g. --mcts_num_sample=4).")
-    ap.add_argument('--task', required=True, help='a task_id such as dev/12 (SPLIT/N; sft, rl, dev or test)')
-    ap.add_argument('--ckpt', help='policy checkpoint (default: out_dir/rl_<method>_seed<seed>.pt, else out_dir/sft.pt)')
-    ap.add_argument('--vm', help='score with this value model (decoding) instead of the hidden tests')
-    ap.add_argument('--samples', type=int, default=20, help='complete samples the search may draw')
-    args, overrides = ap.parse_known_args(argv)
-    try:
-        cfg = SimpleNamespace(**train.configure(overrides))
-    except train.ConfigError as e:
-        raise SystemExit(f"config error: {e}")
-    device = train.pick_device(cfg.device)
-    enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
-    split = args.task.split('/')[0]
-    path = os.path.join(cfg.data_dir, f'{split}.jsonl')
-    found = [t for t in T.load_tasks(path) if t['task_id'] == args.task] if split in train.SPLITS else []
-    if not found:
-        raise SystemExit(f"task '{args.task}' not found: task ids are SPLIT/N with SPLIT one of "
-                         f"{', '.join(train.SPLITS)} ({cfg.data_dir}/SPLIT.jsonl)")
-    ckpt = args.ckpt or next((p for p in (train.rl_path(cfg.out_dir, cfg.method.split(',')[0], cfg.seed),
-                                          os.path.join(cfg.out_dir, 'sft.pt')) if os.path.exists(p)), None)
-    if ckpt is None:
-        raise SystemExit(f"no policy checkpoint in {cfg.out_dir}; train one (python train.py) or pass --ckpt")
-    policy = train.load_policy(ckpt, device)[0].eval()
-    stats, gen = {}, torch.Generator(device=device).manual_seed(cfg.seed)
-    temperature = cfg.decode_temperature if args.vm else cfg.mcts_temperature  # decoding or collecting
-    expand = policy_expander(policy, enc, cfg.max_new_tokens, temperature, stats, gen)
-    if args.vm:
-        vm = value.load_value_model(args.vm, device)
-        score, search = value.value_scorer(vm, enc), dict(num_decision=cfg.mcts_num_decision, c=cfg.mcts_c_decode,
-                                                             value_states=True)
-    else:
-        score, search = test_scorer(), dict(c=cfg.mcts_c_collect)
-    t0 = time.time()
-    (tree,) = run_search([Tree(found[0], args.samples)], expand, score, num_sample=cfg.mcts_num_sample,
-                         eps=cfg.mcts_eps, **search)
-    print(found[0]['prompt'] + format_tree(tree.root, label=f"ROOT ({args.task})"))
-    best = best_sample(tree)
-    print(f"\n{len(tree.samples)} samples in {tree.expansions} expansions, {tree.tokens} generated tokens, "
-          f"{time.time() - t0:.1f}s; scorer: {'value model ' + args.vm if args.vm else 'the hidden tests'}")
-    if best is not None:
-        result = sandbox.run(found[0]['prompt'] + best.text, found[0]['tests'])
-        print(f"best-scored complete program (score {best.score:.3f}; graded after the search: reward "
-              f"{result.reward:.2f}):\n{found[0]['prompt']}{best.text}")
-
-
-if __name__ == '__main__':
-    main(sys.argv[1:])

@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -142,6 +143,21 @@ class Samples:
         return [t[m].tolist() for t, m in zip(self.tokens, self.mask)]
 
 
+def draw(logits, temperature, top_k=None, generator=None):
+    """The next token of each row: the argmax at temperature 0, else a draw from softmax(logits / temperature)
+    (top_k: among the k likeliest), by inverse CDF: one uniform per row (torch.multinomial draws one exponential
+    per vocabulary entry)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    scaled = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(scaled, min(top_k, scaled.size(-1))).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, -float('inf'))
+    cdf = torch.softmax(scaled, -1).cumsum(-1)  # (R, V)
+    u = torch.rand(cdf.size(0), 1, device=logits.device, generator=generator) * cdf[:, -1:]  # u < total mass
+    return torch.searchsorted(cdf, u)[:, 0]  # the first token with cdf >= u: never one of probability 0
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -266,12 +282,8 @@ class GPT(nn.Module):
         last = self.transformer.ln_f(x[torch.arange(P, device=idx.device), lengths - 1])  # (P, C)
         return cache, self.lm_head(last)  # (P, V)
 
-    @torch.no_grad()
-    def sample(self, prompts, n=1, max_new_tokens=64, temperature=1.0, top_k=None, stop_ids=(), pad_id=0,
-               generator=None):
-        """Sample n continuations of each prompt (list of token-id lists) with a KV cache.
-        Row r continues prompts[r // n]. max_new_tokens: one limit, or one per prompt (a row whose prompt
-        leaves less room in block_size gets that room). temperature 0 means greedy. Returns Samples."""
+    def _room(self, prompts, max_new_tokens):
+        """Per prompt the new tokens it may take: its limit, cut to what block_size leaves it."""
         if not prompts:
             raise ValueError("sample() got no prompts")
         if min(len(p) for p in prompts) == 0:
@@ -281,6 +293,15 @@ class GPT(nn.Module):
         if min(caps) <= 0:
             raise ValueError(f"a prompt of {len(prompts[caps.index(min(caps))])} tokens leaves no room in "
                              f"block_size {self.config.block_size}")
+        return caps
+
+    @torch.no_grad()
+    def sample(self, prompts, n=1, max_new_tokens=64, temperature=1.0, top_k=None, stop_ids=(), pad_id=0,
+               generator=None):
+        """Sample n continuations of each prompt (list of token-id lists) with a KV cache.
+        Row r continues prompts[r // n]. max_new_tokens: one limit, or one per prompt (a row whose prompt
+        leaves less room in block_size gets that room). temperature 0 means greedy. Returns Samples."""
+        caps = self._room(prompts, max_new_tokens)
         max_new_tokens, min_cap = max(caps), min(caps)
         cache, logits = self._prefill(prompts, max(len(p) + c for p, c in zip(prompts, caps)))
         cache.repeat_rows(n)
@@ -303,17 +324,7 @@ class GPT(nn.Module):
 
         for t in range(max_new_tokens):
             logits = logits.float()
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                scaled = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(scaled, min(top_k, scaled.size(-1))).values[:, -1:]
-                    scaled = scaled.masked_fill(scaled < kth, -float('inf'))
-                # inverse CDF: one uniform per row (torch.multinomial draws one exponential per vocabulary entry)
-                cdf = torch.softmax(scaled, -1).cumsum(-1)  # (R, V)
-                u = torch.rand(cdf.size(0), 1, device=dev, generator=generator) * cdf[:, -1:]  # u < total mass
-                nxt = torch.searchsorted(cdf, u)[:, 0]  # first token with cdf >= u: never one of probability 0
+            nxt = draw(logits, temperature, top_k, generator)
             lp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]  # log pi(token), temperature 1
             b_tok[:, t], b_lp[:, t] = nxt, lp  # a finished row writes junk past its length: cut below
             b_len += running  # a running row took this token
@@ -435,6 +446,26 @@ def save_checkpoint(obj, path):
         os.replace(tmp, path)
     except OSError as e:  # a full disk, say: stop with the reason; the previous checkpoint is intact
         raise SystemExit(f"could not write checkpoint {path}: {e}. The previous checkpoint is intact.")
+
+
+def autocast(dtype):
+    """bfloat16 autocast on CUDA when the config's dtype says so; otherwise nothing (float32)."""
+    return torch.autocast('cuda', dtype=torch.bfloat16) if dtype == 'bfloat16' else nullcontext()
+
+
+def resume(path, device, model, optimizer, check=None):
+    """A training loop's checkpoint at `path`, or None when there is none. Its weights go into model and, unless
+    the run there finished (ckpt['done']), its optimizer state into optimizer; check(ckpt) runs first, to refuse
+    another run's file before anything is loaded."""
+    if not os.path.exists(path):
+        return None
+    ckpt = load_checkpoint(path, device)
+    if check:
+        check(ckpt)
+    model.load_state_dict(ckpt['model'])
+    if not ckpt.get('done'):
+        optimizer.load_state_dict(ckpt['optimizer'])
+    return ckpt
 
 
 def load_checkpoint(path, device='cpu'):

@@ -27,25 +27,20 @@ import torch
 import ddp
 
 # The config keys each stage's output depends on. Left out on purpose, because they cannot change a result:
-# out_dir, stage, restart, device (the machine is recorded instead), eval_batch_size, sft_micro_batches and
-# rl_micro_batch (the same gradient, summed in slices), and the logging intervals sft_eval_interval,
-# rl_eval_interval, rl_test_interval (rl_iters is handled apart: a finished run may be extended).
+# out_dir, stage, restart, device (the machine is recorded instead), eval_batch_size, and the logging intervals
+# sft_eval_interval, rl_eval_interval, rl_test_interval (rl_iters is handled apart: a finished run may be
+# extended). A record may hold keys that have since become module constants (restrl.CLIP_EPS, ...): only the
+# keys a stage reads now are compared.
 EVAL_KEYS = ('eval_split', 'eval_tasks', 'final_eval_tasks', 'max_new_tokens')
 STAGE_KEYS = {
-    'sft': ('seed', 'dtype', 'n_layer', 'n_head', 'n_embd', 'block_size', 'dropout', 'bias', 'sft_iters',
-            'sft_batch_size', 'sft_lr', 'sft_warmup_iters', 'sft_weight_decay', 'grad_clip', *EVAL_KEYS),
-    'rl': ('seed', 'dtype', 'grad_clip', *EVAL_KEYS, 'eval_samples', 'eval_temperature', 'rl_lr', 'rl_weight_decay',
-           'rl_batch_groups', 'rl_group_size', 'rl_temperature', 'rl_reward', 'rl_min_difficulty', 'rl_filter_tasks',
-           'rl_filter_samples', 'rl_filter_temperature', 'rl_std_threshold', 'rl_prefix_min_reward',
-           'rl_prefix_lines_frac', 'rl_prefix_alpha', 'rl_clip_eps', 'rl_kl_coef', 'rl_adv_eps', 'rl_scale_by_std',
-           'rl_token_level', 'rl_dpo_beta', 'rl_inner_steps', 'rl_timeout'),
-    'mcts': ('seed', 'dtype', 'max_new_tokens', 'mcts_num_sample', 'mcts_c_collect', 'mcts_eps', 'mcts_temperature',
-             'mcts_batch_tasks', 'mcts_collect_samples', 'mcts_collect_tasks'),
-    'vm': ('seed', 'dtype', 'max_new_tokens', 'grad_clip', 'eval_split', 'decode_temperature', 'vm_iters',
-           'vm_batch_tasks', 'vm_lr', 'vm_rank_coef', 'vm_target', 'vm_reads_logp', 'vm_eval_interval',
+    'sft': ('seed', 'dtype', 'n_layer', 'n_head', 'n_embd', 'block_size', 'sft_iters', 'sft_batch_size', 'sft_lr',
+            *EVAL_KEYS),
+    'rl': ('seed', 'dtype', *EVAL_KEYS, 'rl_lr', 'rl_batch_groups', 'rl_group_size', 'rl_temperature', 'rl_reward',
+           'rl_min_difficulty', 'rl_filter_tasks', 'rl_std_threshold', 'rl_kl_coef', 'rl_inner_steps'),
+    'mcts': ('seed', 'dtype', 'max_new_tokens', 'mcts_batch_tasks', 'mcts_collect_samples', 'mcts_collect_tasks'),
+    'vm': ('seed', 'dtype', 'max_new_tokens', 'eval_split', 'vm_iters', 'vm_reads_logp', 'vm_eval_interval',
            'vm_dev_tasks'),
-    'decode': ('dtype', 'max_new_tokens', 'decode_samples', 'decode_tasks', 'decode_temperature', 'mcts_num_sample',
-               'mcts_num_decision', 'mcts_c_decode', 'mcts_eps', 'mcts_batch_tasks'),  # the seed is per row
+    'decode': ('dtype', 'max_new_tokens', 'decode_samples', 'decode_tasks', 'mcts_batch_tasks'),  # the seed is per row
 }
 STAGES = ('sft', 'rl', 'mcts', 'vm', 'decode')
 
@@ -108,11 +103,11 @@ def machine(device):
 
 
 def differences(recorded, wanted):
-    """Lines naming each config key and input that differ between two made_from dicts."""
+    """Lines naming each config key (of those `wanted` has) and input that differ between two made_from dicts."""
     out = []
     for part in ('config', 'inputs'):
         old, new = recorded.get(part, {}), wanted[part]
-        for k in sorted(set(old) | set(new)):
+        for k in sorted(set(new) if part == 'config' else set(old) | set(new)):
             if old.get(k, '(not recorded)') != new.get(k, '(not recorded)'):
                 what = k if part == 'config' else f"input {k}"
                 out.append(f"  {what}: {old.get(k, '(not recorded)')!r} then, {new.get(k, '(missing)')!r} now")

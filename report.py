@@ -7,23 +7,15 @@ as tables with the mean and standard error over seeds.
 train.py calls write_report at the end of every run, so a finished run always has its report.
 """
 import json
-import math
 import os
 import sys
 
+import mcts
 from outputs import write_atomic
+from tasks import EVAL_SAMPLES, EVAL_TEMPERATURE, mean_se
 
 DECODE_ORDER = ('greedy', 'one_sample', 'likelihood_bon', 'orm_bon', 'vm_bon', 'prm_min', 'prm_mean', 'orm_mcts',
                 'vm_mcts')
-
-
-def mean_se(xs):
-    """(mean, standard error of the mean); SE = sample std / sqrt(n), 0 for a single value."""
-    n = len(xs)
-    m = sum(xs) / n
-    if n < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)
 
 
 def decode_ns(decode):
@@ -94,6 +86,62 @@ def difficulty_table(decode, budget):
     return '\n'.join(lines)
 
 
+def plot_rl(plt, train, path):
+    """pass@1 against optimizer steps, sampled tokens and wall time, and the effective-group fraction."""
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    for i, (m, r) in enumerate(train.items()):
+        at = {}  # optimizer step -> the seeds' (tokens, wall, pass@1) where the test split was evaluated
+        for run in r['seeds'].values():
+            for h in run['history']:
+                if 'test_pass1' in h:
+                    at.setdefault(h['optimizer_steps'], []).append((h['tokens_sampled'], h['wall_total'],
+                                                                     h['test_pass1']))
+        steps = sorted(at)
+        mean, se = zip(*[mean_se([p for _, _, p in at[k]]) for k in steps])  # SE 0 where one seed has a point
+        for ax, x in zip(axes, (steps, [sum(t for t, _, _ in at[k]) / len(at[k]) / 1e6 for k in steps],
+                                [sum(w for _, w, _ in at[k]) / len(at[k]) / 60 for k in steps])):
+            ax.errorbar(x, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
+        eff, w = r['effective_group_frac'], 5  # mean over seeds, then a running mean over w iterations
+        smooth = [sum(eff[max(0, k - w + 1):k + 1]) / len(eff[max(0, k - w + 1):k + 1]) for k in range(len(eff))]
+        if eff:
+            axes[3].plot(range(1, len(eff) + 1), smooth, color=f'C{i}', label=m)
+    axes[0].set(xlabel='optimizer steps', ylabel='greedy pass@1 (test), mean ± SE over seeds',
+                title='pass@1 against optimizer steps (the paper\'s axis)')
+    axes[1].set(xlabel='tokens sampled, filter rounds included (M)', title='pass@1 against sampled tokens')
+    axes[2].set(xlabel='wall time (min)', title='pass@1 against wall time')
+    axes[3].set(xlabel='RL iteration', ylabel='fraction of trained groups',
+                title='effective groups (reward std > 0), 5-iteration mean')
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_decode(plt, decode, path):
+    """pass@1 against the number of complete samples N, every method, greedy as a line."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, m in enumerate(DECODE_ORDER):
+        per = decode.get(m)
+        if not per:
+            continue
+        if m == 'greedy':
+            ax.axhline(per['0']['pass1'], color='k', ls='--', label='greedy')
+            continue
+        bs = sorted(int(b) for b in per)
+        ax.errorbar(bs, [per[str(b)]['pass1'] for b in bs], yerr=[per[str(b)].get('pass1_se', 0) for b in bs],
+                    marker='o', capsize=3, color=f'C{i}', label=m)
+    ax.set(xscale='log', xlabel='complete samples per task (N)', ylabel='pass@1 (test), mean ± SE',
+           title='accuracy against decoding budget')
+    ns = decode_ns(decode)
+    ax.minorticks_off()
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def plot(results, out_dir):
     """PNG plots; returns their file names, or [] without matplotlib."""
     try:
@@ -104,56 +152,10 @@ def plot(results, out_dir):
         return []
     files = []
     if results.get('train'):
-        fig, axes = plt.subplots(1, 4, figsize=(19, 4))
-        for i, (m, r) in enumerate(results['train'].items()):
-            at = {}  # optimizer step -> the seeds' (tokens, wall, pass@1) where the test split was evaluated
-            for run in r['seeds'].values():
-                for h in run['history']:
-                    if 'test_pass1' in h:
-                        at.setdefault(h['optimizer_steps'], []).append((h['tokens_sampled'], h['wall_total'],
-                                                                         h['test_pass1']))
-            steps = sorted(at)
-            mean, se = zip(*[mean_se([p for _, _, p in at[k]]) for k in steps])  # SE 0 where one seed has a point
-            for ax, x in zip(axes, (steps, [sum(t for t, _, _ in at[k]) / len(at[k]) / 1e6 for k in steps],
-                                    [sum(w for _, w, _ in at[k]) / len(at[k]) / 60 for k in steps])):
-                ax.errorbar(x, mean, yerr=se, marker='o', ms=3, capsize=3, color=f'C{i}', label=m)
-            eff, w = r['effective_group_frac'], 5  # mean over seeds, then a running mean over w iterations
-            smooth = [sum(eff[max(0, k - w + 1):k + 1]) / len(eff[max(0, k - w + 1):k + 1]) for k in range(len(eff))]
-            if eff:
-                axes[3].plot(range(1, len(eff) + 1), smooth, color=f'C{i}', label=m)
-        axes[0].set(xlabel='optimizer steps', ylabel='greedy pass@1 (test), mean ± SE over seeds',
-                    title='pass@1 against optimizer steps (the paper\'s axis)')
-        axes[1].set(xlabel='tokens sampled, filter rounds included (M)', title='pass@1 against sampled tokens')
-        axes[2].set(xlabel='wall time (min)', title='pass@1 against wall time')
-        axes[3].set(xlabel='RL iteration', ylabel='fraction of trained groups',
-                    title='effective groups (reward std > 0), 5-iteration mean')
-        for ax in axes:
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, 'rl.png'), dpi=110)
+        plot_rl(plt, results['train'], os.path.join(out_dir, 'rl.png'))
         files.append('rl.png')
     if results.get('decode'):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for i, m in enumerate(DECODE_ORDER):
-            per = results['decode'].get(m)
-            if not per:
-                continue
-            if m == 'greedy':
-                ax.axhline(per['0']['pass1'], color='k', ls='--', label='greedy')
-                continue
-            bs = sorted(int(b) for b in per)
-            ax.errorbar(bs, [per[str(b)]['pass1'] for b in bs], yerr=[per[str(b)].get('pass1_se', 0) for b in bs],
-                        marker='o', capsize=3, color=f'C{i}', label=m)
-        ax.set(xscale='log', xlabel='complete samples per task (N)', ylabel='pass@1 (test), mean ± SE',
-               title='accuracy against decoding budget')
-        ns = decode_ns(results['decode'])
-        ax.minorticks_off()
-        ax.set_xticks(ns, [str(n) for n in ns])
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, 'decode.png'), dpi=110)
+        plot_decode(plt, results['decode'], os.path.join(out_dir, 'decode.png'))
         files.append('decode.png')
     plt.close('all')
     return files
@@ -166,6 +168,27 @@ def machines_table(stages):
         where = '; '.join(f"{m['device']} ({m['name'] or '?'}, {m['cpus']} CPUs, {m['host']})" for m in s['machines'])
         rows.append(f"| {name} | {where} | {s['wall_seconds'] / 60:.1f} min |")
     return '\n'.join(rows)
+
+
+def rl_section(train, cfg):
+    """The RL comparison: the table, the effective groups by source, the differences paired by seed."""
+    parts = ["## RL: ReST-GRPO against GRPO and ReST-DPO\n\nFrom the same SFT model, the same number of "
+             f"optimizer steps ({cfg.get('rl_iters')} iterations x {cfg.get('rl_inner_steps')}), "
+             f"{cfg.get('rl_reward')} reward, problems of at least {cfg.get('rl_min_difficulty')} steps. "
+             f"Test pass@1 greedy, and sampled ({EVAL_SAMPLES} programs per task at {EVAL_TEMPERATURE}).\n\n"
+             + rl_table(train) + '\n']
+    split = [f"{m} {figure(r['effective_by_source']['fresh'])} / {figure(r['effective_by_source']['prefix'])} "
+             f"({figure(r['effective_by_source']['prefix_share'])})" for m, r in train.items()
+             if r.get('effective_by_source', {}).get('fresh') is not None]
+    if split:
+        parts.append("Effective groups of fresh problems / of prefix states (the prefix states' share of the "
+                     "trained groups): " + "; ".join(split) + ".\n")
+    pairs = [(a, b) for a, b in (('rest_grpo', 'grpo'), ('grpo', 'rest_dpo'), ('rest_grpo', 'rest_dpo'))
+             if a in train and b in train and paired_difference(train, a, b)]
+    if pairs:
+        parts.append("Paired by seed, final greedy test pass@1: " + "; ".join(
+            f"{a} - {b} = {fmt(*paired_difference(train, a, b))}" for a, b in pairs) + ".\n")
+    return parts
 
 
 def write_report(results, out_dir):
@@ -184,23 +207,7 @@ def write_report(results, out_dir):
         parts.append(f"## SFT\n\nGreedy pass@1 on test {s['test_pass1']:.3f}{bands}; by difficulty "
                      + ', '.join(f"{d}: {p:.2f}" for d, p in by_diff) + '.\n')
     if results.get('train'):
-        train = results['train']
-        parts.append("## RL: ReST-GRPO against GRPO and ReST-DPO\n\nFrom the same SFT model, the same number of "
-                     f"optimizer steps ({cfg.get('rl_iters')} iterations x {cfg.get('rl_inner_steps')}), "
-                     f"{cfg.get('rl_reward')} reward, problems of at least {cfg.get('rl_min_difficulty')} steps. "
-                     f"Test pass@1 greedy, and sampled ({cfg.get('eval_samples')} programs per task at "
-                     f"{cfg.get('eval_temperature')}).\n\n" + rl_table(train) + '\n')
-        split = [f"{m} {figure(r['effective_by_source']['fresh'])} / {figure(r['effective_by_source']['prefix'])} "
-                 f"({figure(r['effective_by_source']['prefix_share'])})" for m, r in train.items()
-                 if r.get('effective_by_source', {}).get('fresh') is not None]
-        if split:
-            parts.append("Effective groups of fresh problems / of prefix states (the prefix states' share of the "
-                         "trained groups): " + "; ".join(split) + ".\n")
-        pairs = [(a, b) for a, b in (('rest_grpo', 'grpo'), ('grpo', 'rest_dpo'), ('rest_grpo', 'rest_dpo'))
-                 if a in train and b in train and paired_difference(train, a, b)]
-        if pairs:
-            parts.append("Paired by seed, final greedy test pass@1: " + "; ".join(
-                f"{a} - {b} = {fmt(*paired_difference(train, a, b))}" for a, b in pairs) + ".\n")
+        parts += rl_section(results['train'], cfg)
     for name in ('vm', 'orm'):
         if 'iter' in results.get(name, {}):
             v = results[name]
@@ -212,7 +219,7 @@ def write_report(results, out_dir):
     if results.get('decode'):
         ns = decode_ns(results['decode'])
         parts.append("## Decoding at equal budgets\n\npass@1 on the test tasks at N complete samples per task "
-                     f"(mean generated tokens per task), sampling at {cfg.get('decode_temperature')}.\n\n"
+                     f"(mean generated tokens per task), sampling at {mcts.TEMPERATURE}.\n\n"
                      + decode_table(results['decode']) + '\n')
         if ns:
             parts.append(f"By difficulty at N = {ns[-1]}:\n\n" + difficulty_table(results['decode'], ns[-1]) + '\n')

@@ -74,6 +74,10 @@ class Result:
     def reward(self) -> float:
         return self.passed / self.total if self.total else 0.0
 
+    @property
+    def solved(self) -> bool:
+        return self.total > 0 and self.passed == self.total  # every test passed: what pass@k counts
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c passed (Chen et al., 2021)."""
@@ -224,7 +228,10 @@ def _harness(program, tests, report, nonce, fork_tests=True, _exec=exec, _compil
              _MemoryError=MemoryError, _isinstance=isinstance, _dict=dict, _str=str,
              _restore=_restore_modules, _describe=_describe, _builtins=_BUILTINS,
              _names=_BUILTIN_NAMES, _wifsignaled=os.WIFSIGNALED, _wtermsig=os.WTERMSIG):
-    """Runs in I. Everything it calls is bound here, before user code can patch anything."""
+    """Runs in I. Everything it calls is bound here, before user code can patch anything. One function on
+    purpose (86 lines): its locals are the only names user code cannot reach or rebind, so a helper it called
+    would have to be bound the same way, and the order of what runs before and after the program is the
+    security argument, best read in one place."""
     def say(*words):
         # Only I and the T it forked may speak. A process that user code forked (to try several
         # answers to one test, and keep whichever passes) stays silent.
@@ -370,7 +377,9 @@ def _read_into(fd, buf, cap):
 
 
 def _run_job(job):
-    """Run one program in I/T processes and turn the nonce'd report lines into a Result dict."""
+    """Run one program in I/T processes and turn the nonce'd report lines into a Result dict. One function on
+    purpose: the fork, the lock-down of the child, the wait with its deadline and the reading of the report
+    are one protocol, and each step's order matters (see the threat model in README, Sandbox)."""
     total, timeout = len(job['tests']), job['timeout']
     job['nonce'] = nonce = os.urandom(16).hex()
     if _Setup.isolated:

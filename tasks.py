@@ -9,6 +9,7 @@ difficulty (number of steps; 0 for external sets).
 import base64
 import gzip
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -157,6 +158,12 @@ def get_tokenizer(path=os.path.join(DATA_DIR, TOKENIZER_FILE)):
                              special_tokens=special)
 
 
+def step_seed(seed, step):
+    """The seed of one step (an iteration, a batch, a decoding unit) of a run with `seed`: every step draws from
+    its own, so a resumed run draws exactly what the uninterrupted run drew."""
+    return seed * 1_000_003 + step
+
+
 # -----------------------------------------------------------------------------
 # evaluation: greedy or sampled pass@1 through the sandbox
 
@@ -176,10 +183,6 @@ def completion_text(enc, ids):
     return enc.decode([i for i in ids if i < enc.eot_token])
 
 
-def solved(result):
-    return result.total > 0 and result.passed == result.total  # pass@1 counts a program that passes every test
-
-
 # APPS reports by difficulty band; here a band is a range of step counts (external sets: difficulty 0)
 BANDS = (('introductory', range(0, 4)), ('interview', range(4, 7)), ('competition', range(7, 100)))
 
@@ -197,25 +200,44 @@ def evaluate_greedy(model, enc, task_list, device, max_new_tokens=128, batch_siz
     return evaluate_sampled(model, enc, task_list, device, max_new_tokens, batch_size, temperature=0.0, samples=1)
 
 
+EVAL_SAMPLES = 4         # sampled pass@1: programs per task ...
+EVAL_TEMPERATURE = 0.7   # ... at this temperature (the paper evaluates its policies by sampling at 0.7)
+
+
 @torch.no_grad()
-def evaluate_sampled(model, enc, task_list, device, max_new_tokens=128, batch_size=256, temperature=0.7, samples=4,
-                     seed=0):
-    """pass@1 of programs sampled at `temperature`, `samples` per task: each task scores the fraction of its
-    samples that pass (an unbiased pass@1 with less variance than one sample; the paper evaluates its policies
-    by sampling at 0.7). Overall and per difficulty. temperature 0 is greedy (use samples=1)."""
+def sample_programs(model, enc, task_list, device, max_new_tokens, batch_size, temperature, samples, seed=0):
+    """`samples` completions of each task's prompt at `temperature` (0: greedy), about batch_size rows a policy
+    call: (completion texts, their generated token counts), task by task."""
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     per_call = max(1, batch_size // samples)
-    programs = []
+    texts, tokens = [], []
     for i in range(0, len(task_list), per_call):
         chunk = task_list[i:i + per_call]
         s = model.sample([enc.encode_ordinary(t['prompt']) for t in chunk], n=samples, max_new_tokens=max_new_tokens,
                          temperature=temperature, stop_ids=(enc.eot_token,), pad_id=pad_id(enc), generator=generator)
-        programs += [chunk[r // samples]['prompt'] + completion_text(enc, row) for r, row in enumerate(s.rows())]
+        rows = s.rows()
+        texts += [completion_text(enc, row) for row in rows]
+        tokens += [len(row) for row in rows]
     model.train(was_training)
-    results = sandbox.run_batch([(p, task_list[k // samples]['tests']) for k, p in enumerate(programs)])
-    ok = [sum(solved(r) for r in results[k * samples:(k + 1) * samples]) / samples for k in range(len(task_list))]
+    return texts, tokens
+
+
+def grade(task_list, completions, samples=1):
+    """Per task the fraction of its `samples` completions (task by task) that pass every hidden test."""
+    results = sandbox.run_batch([(task_list[k // samples]['prompt'] + c, task_list[k // samples]['tests'])
+                                 for k, c in enumerate(completions)])
+    return [sum(r.solved for r in results[k * samples:(k + 1) * samples]) / samples for k in range(len(task_list))]
+
+
+def evaluate_sampled(model, enc, task_list, device, max_new_tokens=128, batch_size=256,
+                     temperature=EVAL_TEMPERATURE, samples=EVAL_SAMPLES, seed=0):
+    """pass@1 of programs sampled at `temperature`, `samples` per task: each task scores the fraction of its
+    samples that pass (an unbiased pass@1 with less variance than one sample; the paper evaluates its policies
+    by sampling at 0.7). Overall and per difficulty. temperature 0 is greedy (use samples=1)."""
+    texts, _ = sample_programs(model, enc, task_list, device, max_new_tokens, batch_size, temperature, samples, seed)
+    ok = grade(task_list, texts, samples)
     by_difficulty, by_band = {}, {}
     for t, o in zip(task_list, ok):
         by_difficulty.setdefault(t['difficulty'], []).append(o)
@@ -223,3 +245,12 @@ def evaluate_sampled(model, enc, task_list, device, max_new_tokens=128, batch_si
     return dict(pass1=sum(ok) / max(1, len(ok)), n=len(ok),
                 by_difficulty={d: sum(v) / len(v) for d, v in sorted(by_difficulty.items())},
                 by_band={b: sum(by_band[b]) / len(by_band[b]) for b, _ in BANDS if b in by_band})
+
+
+def mean_se(xs):
+    """(mean, standard error of the mean); SE = sample std / sqrt(n), 0 for a single value."""
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n)

@@ -18,7 +18,6 @@ from; a rerun skips a complete output and refuses, before any work, one made fro
 and then results.json (assembled from every finished record in out_dir), report.md (report.py) and a table.
 """
 
-import ast
 import glob
 import json
 import math
@@ -39,7 +38,8 @@ import report
 import restrl
 import tasks as T
 import value
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from configurator import ConfigError, configure as parse_config, load_policy, pick_device, rl_path
+from model import GPT, GPTConfig, autocast, resume, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # default config: the whole pipeline in about 25 minutes on 2 CPU cores
@@ -58,118 +58,56 @@ n_layer = 4
 n_head = 4
 n_embd = 128
 block_size = 384
-dropout = 0.0
-bias = False
 # SFT warm start
 sft_iters = 850          # calibrated on dev: all 0.466, one step 0.82, eight steps 0.03 (results/README.md)
 sft_batch_size = 32
-sft_micro_batches = 4    # a batch runs as this many length-sorted slices, each padded to its own longest: 2x faster
 sft_lr = 2e-3            # peak learning rate, cosine decay to sft_lr / 10
-sft_warmup_iters = 50
-sft_weight_decay = 0.1
 sft_eval_interval = 250  # greedy pass@1 on eval_tasks tasks of eval_split, and a checkpoint
-grad_clip = 1.0
-# evaluation (greedy pass@1 through the sandbox)
+# evaluation (greedy pass@1 through the sandbox; sampled pass@1: tasks.EVAL_SAMPLES at tasks.EVAL_TEMPERATURE)
 eval_tasks = 0           # eval_split tasks (spread over difficulties) for the periodic evaluations (0 = all)
 final_eval_tasks = 0     # test tasks for the final evaluations of the SFT and RL models (0 = all)
 eval_batch_size = 256
 max_new_tokens = 160     # longest completion sampled anywhere (the longest solution: 149 tokens + end)
-# RL (restrl.py): ReST-GRPO, naive GRPO, ReST-DPO; one iteration = one batch of rl_batch_groups items
+# RL (restrl.py): ReST-GRPO, naive GRPO, ReST-DPO; one iteration = one batch of rl_batch_groups items. The
+# official constants (the filter's samples and prefixes, the clip, DPO's beta) are restrl.py's
 rl_iters = 20            # RL iterations; each takes rl_inner_steps optimizer steps (the comparison's axis)
 rl_lr = 5e-5             # chosen on dev (sweep_rl.py, results/README.md): 1e-4 drifts down, 2e-5-5e-5 gain 2-4 points
-rl_weight_decay = 0.0
 rl_batch_groups = 16     # training items per iteration: start states (G samples each) or DPO pairs
 rl_group_size = 8        # G: completions sampled per state (official 8)
 rl_temperature = 0.7     # sampling temperature (official; log-probs are those of the untempered policy)
 rl_reward = 'partial'    # 'partial' (fraction of tests passed, official) or 'binary' (all tests pass)
 rl_min_difficulty = 1    # the RL problem pool: rl tasks of at least this many steps (hard regime: 6, binary)
 rl_filter_tasks = 512    # ReST: fresh problems per filter round (a round runs when the data set runs out)
-rl_filter_samples = 5    # ReST: programs sampled per problem in a filter round (official n = 5)
-rl_filter_temperature = 0.7  # ReST: their sampling temperature (official)
 rl_std_threshold = 0.05  # ReST: keep a problem when its population reward std >= this (official)
-rl_prefix_min_reward = 0.9  # ReST: cut prefixes from a kept problem's best program when its reward >= this
-rl_prefix_lines_frac = 0.5  # ReST: draw ceil(frac * n_lines) prefixes per such program (official)
-rl_prefix_alpha = 0.95   # ReST: a k-line prefix is drawn with weight alpha**(k-1): short prefixes favoured
-rl_clip_eps = 0.2        # PPO clip (acts only from the second optimizer step on a batch)
 rl_kl_coef = 0.02        # beta on the k3 KL to the SFT reference
-rl_adv_eps = 1e-4        # eps in A = (r - mean) / (std + eps)
-rl_scale_by_std = True   # False: Dr. GRPO (no division by the group std)
-rl_token_level = False   # True: DAPO averaging over all tokens of the batch
-rl_dpo_beta = 0.1        # ReST-DPO's beta
 rl_inner_steps = 1       # optimizer steps per batch (1: the ratio is exactly 1 and the clip never acts)
-rl_micro_batch = 64      # rows per forward/backward
-rl_timeout = 1.0         # sandbox seconds per program in rollouts
 rl_eval_interval = 5     # greedy eval_split pass@1 every N iterations
 rl_test_interval = 0     # test pass@1 (greedy and sampled) every N iterations, for curves (0: start and end only)
-eval_samples = 4         # sampled pass@1 on test: programs per task ...
-eval_temperature = 0.7   # ... at this temperature (the paper evaluates its policies by sampling at 0.7)
-# MCTS value targets (mcts.py): searches scored by the tests on rl tasks
-mcts_num_sample = 5      # complete programs sampled per expansion (official num_sample)
-mcts_num_decision = 3    # children a decoding search keeps selectable per node, best valued first (official)
-mcts_c_collect = 0.2     # UCT constant when collecting (official)
-mcts_c_decode = 0.1      # UCT constant when decoding (official)
-mcts_eps = 0.1           # UCT guard against division by zero (official)
-mcts_temperature = 0.7   # sampling temperature when collecting (official)
+# MCTS value targets (mcts.py, whose constants are the official search's): searches scored by the tests
 mcts_batch_tasks = 32    # searches advanced in lock-step (one policy call for all their leaves)
 mcts_collect_samples = 20  # complete samples per rl task when collecting (4 expansions)
 mcts_collect_tasks = 512 # rl tasks searched, spread over difficulties (0 = all)
 # value model and ORM (value.py)
 vm_iters = 200           # optimizer steps (the ORM gets the same number and batch; repro: 400)
-vm_batch_tasks = 8       # tasks per batch, all their programs: the ranking loss compares programs of a task
-vm_lr = 3e-4
-vm_rank_coef = 1.0       # weight of the within-task Bradley-Terry loss next to the MSE (0: MSE only, the paper's)
-vm_target = 'partial'    # 'partial' (fraction of tests passed) or 'binary' (all pass) Monte-Carlo targets
 vm_reads_logp = True     # the VM and ORM also read the policy's token log-probs (model.ValueModel; False: text only)
 vm_eval_interval = 50    # rank the dev pool and checkpoint every N steps; the best within-task AUC is kept
 vm_dev_tasks = 200       # dev tasks x 16 samples, graded once: the pool checkpoints are chosen on
-# decoding comparison (decode.py)
+# decoding comparison (decode.py), every method sampling at mcts.TEMPERATURE
 decode_samples = '1,4,16'  # budgets N: complete samples per task (repro: 1,4,8,16,32)
 decode_tasks = 200       # test tasks, spread over difficulties (0 = all)
-decode_temperature = 0.7 # every method's sampling temperature (the paper's)
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+SFT_WARMUP_ITERS = 50
+SFT_WEIGHT_DECAY = 0.1
+SFT_MICRO_BATCHES = 4    # a batch runs as this many length-sorted slices, each padded to its own longest: 1.6x faster
+GRAD_CLIP = 1.0
 STAGES = ['data', 'sft', 'rl', 'mcts', 'vm', 'decode']
 SPLITS = ('sft', 'rl', 'dev', 'test')
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def configure(argv, defaults=DEFAULTS):
-    """nanoGPT's configurator, strict: config files (python, assigning known keys) then --key=value."""
-    config = dict(defaults)
-
-    def setkey(key, value, where):
-        if key not in defaults:
-            raise ConfigError(f"{where}: unknown config key '{key}'")
-        want = type(defaults[key])
-        if want is float and type(value) is int:
-            value = float(value)
-        if type(value) is not want:
-            raise ConfigError(f"{where}: key '{key}' wants {want.__name__}, got {value!r}")
-        config[key] = value
-
-    for arg in argv:
-        if not arg.startswith('--'):
-            if not os.path.isfile(arg):
-                raise ConfigError(f"config file '{arg}' not found")
-            scope = {}
-            exec(compile(open(arg).read(), arg, 'exec'), scope)
-            for key, value in scope.items():
-                if not key.startswith('_') and not callable(value) and not isinstance(value, type(os)):
-                    setkey(key, value, arg)
-        else:
-            key, eq, text = arg[2:].partition('=')
-            if not eq:
-                raise ConfigError(f"'{arg}': write overrides as --key=value")
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = text  # a bare string such as --method=grpo
-            if type(defaults.get(key)) is str and not isinstance(value, str):
-                value = text  # a string key given digits: --decode_samples=4,16 is not a tuple
-            setkey(key, value, arg)
+    """The config (configurator.py: config files, then --key=value), with the values that make no sense refused."""
+    config = parse_config(argv, defaults)
     if config['stage'] not in ['all'] + STAGES:
         raise ConfigError(f"key 'stage' must be one of all, {', '.join(STAGES)}; got '{config['stage']}'")
     if config['restart'] not in ('',) + outputs.STAGES:
@@ -186,36 +124,17 @@ def configure(argv, defaults=DEFAULTS):
     if config['vm_iters'] < 1 or config['vm_eval_interval'] < 1:
         raise ConfigError(f"keys 'vm_iters' and 'vm_eval_interval' must be at least 1; got {config['vm_iters']} and "
                           f"{config['vm_eval_interval']}")
-    if config['vm_target'] not in ('partial', 'binary'):
-        raise ConfigError(f"key 'vm_target' must be 'partial' or 'binary'; got '{config['vm_target']}'")
     if not set(config['method'].split(',')) <= set(restrl.METHODS):
         raise ConfigError(f"key 'method' must be one of {', '.join(restrl.METHODS)} (or a comma-separated list of "
                           f"them); got '{config['method']}'")
     return config
 
 
-def pick_device(name):
-    if name != 'auto':
-        return name
-    if torch.cuda.is_available():
-        return 'cuda'
-    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
-        return 'mps'
-    return 'cpu'
-
-
-def load_policy(path, device):
-    ckpt = load_checkpoint(path, device)
-    model = GPT(GPTConfig(**ckpt['model_args'])).to(device)
-    model.load_state_dict(ckpt['model'])
-    return model, ckpt
-
-
 # -----------------------------------------------------------------------------
 # SFT: next-token cross-entropy on prompt + solution, loss on the solution tokens only
 
 def encode_sft(enc, task_list, block_size):
-    """Pack tasks into right-padded (N, T) inputs and targets; targets are -1 on prompt and padding."""
+    """Pack tasks into right-padded (N, L) inputs and targets; targets are -1 on prompt and padding."""
     seqs, n_prompt = [], []
     for t in task_list:
         p = enc.encode_ordinary(t['prompt'])
@@ -262,33 +181,59 @@ def cosine_lr(it, peak, warmup, total):
     return peak / 10 + 0.5 * (1 + math.cos(math.pi * ratio)) * (peak - peak / 10)  # cosine to peak/10
 
 
+def sft_step(wrapped, model, optimizer, data, it, cfg, ctx):
+    """One SFT optimizer step on a batch drawn by (seed, iteration): a resumed run sees the batches it would
+    have seen. Returns the batch loss and its number of target tokens."""
+    x_all, y_all, len_all = data
+    g = torch.Generator().manual_seed(T.step_seed(cfg.seed, it))
+    ix = torch.randint(len(x_all), (cfg.sft_batch_size,), generator=g)
+    for group in optimizer.param_groups:
+        group['lr'] = cosine_lr(it, cfg.sft_lr, SFT_WARMUP_ITERS, cfg.sft_iters)
+    optimizer.zero_grad(set_to_none=True)
+    loss, n_targets = sft_backward(wrapped, x_all, y_all, len_all, ix, SFT_MICRO_BATCHES, cfg.device, ctx)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    optimizer.step()
+    return loss, n_targets
+
+
+def sft_test(model, enc, test_tasks, cfg, log):
+    ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.final_eval_tasks), cfg.device, cfg.max_new_tokens,
+                           cfg.eval_batch_size)
+    log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)}); by difficulty "
+        + ", ".join(f"{d}: {p:.2f}" for d, p in sorted(ev['by_difficulty'].items())))
+    return ev
+
+
+def same_shape(ckpt, model_args, path):
+    """Refuse an sft.pt that holds a model of another shape (another run's out_dir) before touching it."""
+    differ = [f"{k}={ckpt['model_args'][k]} (this run: {v})" for k, v in model_args.items() if ckpt['model_args'][k] != v]
+    if differ:
+        raise SystemExit(f"{path} holds a model with {', '.join(differ)}; use another --out_dir or delete it")
+
+
 def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
+    """The SFT warm start (sft.pt): greedy pass@1 on eval_tasks and a checkpoint every sft_eval_interval steps,
+    resumable; at the end greedy pass@1 on test_tasks. Returns (model, the test evaluation)."""
     path = os.path.join(cfg.out_dir, 'sft.pt')
     dev = cfg.device
     model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                      vocab_size=enc.n_vocab, dropout=cfg.dropout, bias=cfg.bias)
+                      vocab_size=enc.n_vocab, dropout=0.0, bias=False)
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**model_args)).to(dev)
     wrapped = ddp.wrap(model, dev)  # under torchrun, DDP all-reduces the gradients (the same init: seeded alike)
-    optimizer = model.configure_optimizers(cfg.sft_weight_decay, cfg.sft_lr, (0.9, 0.95), dev.split(':')[0])
+    optimizer = model.configure_optimizers(SFT_WEIGHT_DECAY, cfg.sft_lr, (0.9, 0.95), dev.split(':')[0])
     it, history = 0, []
-    if os.path.exists(path):
-        ckpt = load_checkpoint(path, dev)
-        differ = [f"{k}={ckpt['model_args'][k]} (this run: {v})" for k, v in model_args.items() if ckpt['model_args'][k] != v]
-        if differ:  # another run's out_dir: stop before touching it
-            raise SystemExit(f"{path} holds a model with {', '.join(differ)}; use another --out_dir or delete it")
-        if ckpt.get('done'):
-            log(f"sft: complete in {path}, skipping")
-            model.load_state_dict(ckpt['model'])
-            return model, ckpt['eval']
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
+    ckpt = resume(path, dev, model, optimizer, check=lambda c: same_shape(c, model_args, path))
+    if ckpt and ckpt['done']:
+        log(f"sft: complete in {path}, skipping")
+        return model, ckpt['eval']
+    if ckpt:
         it, history = ckpt['iter_num'], ckpt['history']
         log(f"sft: resuming from iteration {it}")
-    x_all, y_all, len_all = encode_sft(enc, sft_tasks, cfg.block_size)
+    data = encode_sft(enc, sft_tasks, cfg.block_size)
     log(f"sft: {model.num_params() / 1e6:.2f}M parameters, {len(sft_tasks)} tasks, "
-        f"{int(len_all.float().mean())} tokens per task on average")
-    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if cfg.dtype == 'bfloat16' else nullcontext()
+        f"{int(data[2].float().mean())} tokens per task on average")
+    ctx = autocast(cfg.dtype)
 
     def checkpoint(done, eval_result=None):
         if ddp.is_main():
@@ -298,46 +243,27 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
     t0, tokens_seen = time.time(), 0
     bar = tqdm(total=cfg.sft_iters, initial=it, desc='sft', dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.sft_iters:
-        # the batch depends only on (seed, iteration), so a resumed run sees the batches it would have seen
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-        ix = torch.randint(len(x_all), (cfg.sft_batch_size,), generator=g)
-        for group in optimizer.param_groups:
-            group['lr'] = cosine_lr(it, cfg.sft_lr, cfg.sft_warmup_iters, cfg.sft_iters)
-        optimizer.zero_grad(set_to_none=True)
-        loss, n_targets = sft_backward(wrapped, x_all, y_all, len_all, ix, cfg.sft_micro_batches, dev, ctx)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        loss, n_targets = sft_step(wrapped, model, optimizer, data, it, cfg, ctx)
         it += 1
         tokens_seen += n_targets
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
         if ddp.is_main() and (it % cfg.sft_eval_interval == 0 or it == cfg.sft_iters):
             dt = time.time() - t0
-            ev = T.evaluate_greedy(model, enc, T.spread(eval_tasks, cfg.eval_tasks), dev,
-                                   cfg.max_new_tokens, cfg.eval_batch_size)
-            history.append(dict(iter=it, loss=loss, eval_pass1=ev['pass1'],
-                                eval_by_difficulty=ev['by_difficulty']))
-            left = dt / max(1, it - bar.initial) * (cfg.sft_iters - it)
-            log(f"sft iter {it}: loss {loss:.4f}, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} "
-                f"{cfg.eval_split} tasks ({T.format_bands(ev)}), "
-                f"{tokens_seen / dt:.0f} target tok/s, {left / 60:.1f} min left")
+            ev = T.evaluate_greedy(model, enc, T.spread(eval_tasks, cfg.eval_tasks), dev, cfg.max_new_tokens,
+                                   cfg.eval_batch_size)
+            history.append(dict(iter=it, loss=loss, eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty']))
+            log(f"sft iter {it}: loss {loss:.4f}, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} {cfg.eval_split} "
+                f"tasks ({T.format_bands(ev)}), {tokens_seen / dt:.0f} target tok/s, "
+                f"{dt / max(1, it - bar.initial) * (cfg.sft_iters - it) / 60:.1f} min left")
             checkpoint(done=False)
     bar.close()
-    ev = None  # rank 0 evaluates
-    if ddp.is_main():
-        ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.final_eval_tasks), dev, cfg.max_new_tokens,
-                               cfg.eval_batch_size)
-        log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)}); by difficulty "
-            + ", ".join(f"{d}: {p:.2f}" for d, p in sorted(ev['by_difficulty'].items())))
+    ev = sft_test(model, enc, test_tasks, cfg, log) if ddp.is_main() else None  # rank 0 evaluates
     checkpoint(done=True, eval_result=ev)
     return model, ev
 
 
 # -----------------------------------------------------------------------------
-
-def rl_path(out_dir, method, seed):
-    return os.path.join(out_dir, f'rl_{method}_seed{seed}.pt')
-
 
 def policy_path(cfg):
     """The policy the search stages use: the RL model of the (first) method and seed when the rl stage made it or
@@ -401,7 +327,7 @@ def finished(o):
     return True
 
 
-def restart(cfg, plan):
+def restart_from(cfg, plan):
     """--restart=STAGE: move the outputs of that stage and of every later one aside, so they are made again."""
     later = outputs.STAGES[outputs.STAGES.index(cfg.restart):]
     paths = [o.path for o in plan if o.stage in later]
@@ -466,7 +392,7 @@ def effective_by_source(runs):
 
 def rl_summary(runs):
     """results.json's train.<method>: test pass@1 of the starting model and at the end (greedy, and sampled at
-    eval_temperature), mean and SE over seeds; the effective-group fraction per iteration averaged over seeds;
+    tasks.EVAL_TEMPERATURE), mean and SE over seeds; the effective-group fraction per iteration averaged over seeds;
     and every seed's history (the keys above, per iteration; test_pass1 where the test split was evaluated)."""
     per_seed = {str(seed): dict(start_pass1=h[0]['test_pass1'], test_pass1=h[-1]['test_pass1'],
                                 test_pass1_sampled=h[-1]['test_pass1_sampled'], by_difficulty=h[-1]['test_by_difficulty'],
@@ -571,7 +497,7 @@ def main(argv):
     plan = planned_outputs(cfg)
     try:
         if cfg.restart and ddp.is_main():
-            restart(cfg, plan)
+            restart_from(cfg, plan)
         ddp.barrier()
         preflight(plan, todo)  # every check before any work
     except outputs.Stale as e:

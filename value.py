@@ -27,7 +27,13 @@ import ddp
 import mcts
 import sandbox
 import tasks as T
-from model import GPTConfig, ValueModel, load_checkpoint, save_checkpoint, weights_digest
+from model import GPTConfig, ValueModel, load_checkpoint, resume, save_checkpoint, weights_digest
+
+BATCH_TASKS = 8     # tasks per batch, all their programs: the ranking loss compares programs of one task
+LR = 3e-4
+RANK_COEF = 1.0     # weight of the within-task Bradley-Terry loss next to the MSE (0: MSE only, the paper's)
+TARGET = 'partial'  # Monte-Carlo targets: 'partial' (mean fraction of tests passed) or 'binary' (pass rate)
+GRAD_CLIP = 1.0
 
 # -----------------------------------------------------------------------------
 # reading values
@@ -42,7 +48,7 @@ def encode_state(enc, prompt, text, complete, block_size):
 
 
 def pad_right(seqs, pad_id, device):
-    """(N, T) right-padded ids and the lengths (N,); the VM is causal, so V(row b) = out[b, length_b - 1]."""
+    """(N, L) right-padded ids and the lengths (N,); the VM is causal, so V(row b) = out[b, length_b - 1]."""
     lengths = torch.tensor([len(s) for s in seqs], device=device)
     idx = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long, device=device)
     for i, s in enumerate(seqs):
@@ -53,7 +59,7 @@ def pad_right(seqs, pad_id, device):
 @torch.no_grad()
 def values_at_positions(vm, seqs, starts, pad_id, batch_size=256):
     """The VM's value at every position of every sequence (starts: where each solution begins):
-    (values (N, T), ids (N, T), lengths (N,))."""
+    (values (N, L), ids (N, L), lengths (N,))."""
     idx, lengths = pad_right(seqs, pad_id, next(vm.parameters()).device)
     start = torch.tensor(starts, device=idx.device)
     vals = torch.cat([torch.sigmoid(vm(idx[i:i + batch_size], start[i:i + batch_size]))
@@ -151,7 +157,7 @@ def grade_pool(tasks, pool):
     """Whether each sample passes every hidden test: for measuring rankers and picks, never for choosing."""
     results = iter(sandbox.run_batch([(t['prompt'] + d.text, t['tests']) for t, draws in zip(tasks, pool)
                                       for d in draws]))
-    return [[T.solved(next(results)) for _ in draws] for draws in pool]
+    return [[next(results).solved for _ in draws] for draws in pool]
 
 
 def program_scores(vm, enc, tasks, pool):
@@ -165,7 +171,7 @@ def program_scores(vm, enc, tasks, pool):
 # stage vm: training the VM and the ORM
 
 
-def training_items(records, enc, block_size, target, only_complete=False):
+def training_items(records, enc, block_size, target=TARGET, only_complete=False):
     """Per task its programs as training items: ids, the positions read (each line end of `steps`, then the
     program's last token) and their targets ('partial': mean fraction of tests passed, 'binary': pass rate).
     The ORM (only_complete) reads the program's end only. The ranking loss compares programs by the same target."""
@@ -227,11 +233,11 @@ def dev_pool(cfg, policy, enc, dev_tasks, path, device):
     """vm_dev_tasks dev tasks x 16 samples, graded once and kept in `path` (remade when the policy or a setting
     it was made with changed): where the VM's and ORM's checkpoints are chosen. Rank 0 makes it."""
     made_with = dict(policy=weights_digest(policy), seed=cfg.seed, tasks=cfg.vm_dev_tasks,
-                     temperature=cfg.decode_temperature, max_new_tokens=cfg.max_new_tokens)
+                     temperature=mcts.TEMPERATURE, max_new_tokens=cfg.max_new_tokens)
     if ddp.is_main() and not (os.path.exists(path) and load_checkpoint(path).get('made_with') == made_with):
         tasks = T.spread(dev_tasks, cfg.vm_dev_tasks)
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, cfg.decode_temperature, gen)
+        pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, mcts.TEMPERATURE, gen)
         save_checkpoint(dict(tasks=tasks, pool=pool, passed=grade_pool(tasks, pool), made_with=made_with), path)
     ddp.barrier()
     return load_checkpoint(path)
@@ -248,6 +254,20 @@ class Loss(torch.nn.Module):
         return vm_loss(self.vm, items, rank_coef, pad_id, device)
 
 
+def dev_ranking(vm, enc, dev):
+    """How the model ranks the dev pool's samples (ranking's figures, named dev_...)."""
+    scores = program_scores(vm.eval(), enc, dev['tasks'], dev['pool'])
+    complete = [[d.complete for d in draws] for draws in dev['pool']]
+    return {f'dev_{k}': v for k, v in ranking(scores, dev['passed'], complete=complete).items()}
+
+
+def save_value_model(path, vm, optimizer, best, it, history, cfg, done):
+    """A resumable checkpoint; a finished one holds the kept step's weights and metrics (rank 0 only)."""
+    save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
+                         model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it, config=vars(cfg),
+                         history=history, done=done, metrics=dict(best['metrics'], iters_trained=it)), path)
+
+
 def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_complete=False, log=tqdm.write):
     """The VM (or with only_complete the ORM: the same model, loss, steps and batch) on the mcts records, from
     the policy's weights. Validates every vm_eval_interval steps on the dev pool `dev` (dev_pool) and keeps the
@@ -256,58 +276,46 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
     (each rank's mean: the one-process loss when the ranks hold equal numbers of lines and pairs, close otherwise);
     rank 0 validates, keeps the best step and writes the checkpoint."""
     name = 'orm' if only_complete else 'vm'
-    items = training_items(records, enc, policy.config.block_size, cfg.vm_target, only_complete)
+    items = training_items(records, enc, policy.config.block_size, only_complete=only_complete)
     if not items:
         raise ValueError(f"{name}: no training programs ({len(records)} records given)")
     vm = ValueModel.from_policy(policy, cfg.vm_reads_logp).to(device)
     trainee = ddp.wrap(Loss(vm), device)
-    optimizer = torch.optim.AdamW([p for p in vm.parameters() if p.requires_grad], lr=cfg.vm_lr, betas=(0.9, 0.95),
+    optimizer = torch.optim.AdamW([p for p in vm.parameters() if p.requires_grad], lr=LR, betas=(0.9, 0.95),
                                   weight_decay=0.0)
     it, history, best = 0, [], None
-    if os.path.exists(out_path):
-        ckpt = load_checkpoint(out_path, device)
-        vm.load_state_dict(ckpt['model'])
-        if ckpt['done']:
-            log(f"{name}: complete in {out_path}, skipping")
-            return ckpt['metrics']
-        optimizer.load_state_dict(ckpt['optimizer'])
+    ckpt = resume(out_path, device, vm, optimizer)
+    if ckpt and ckpt['done']:
+        log(f"{name}: complete in {out_path}, skipping")
+        return ckpt['metrics']
+    if ckpt:
         it, history, best = ckpt['iter_num'], ckpt['history'], ckpt['best']
         log(f"{name}: resuming from iteration {it}")
-    log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {cfg.vm_target} targets"
+    log(f"{name}: {sum(map(len, items))} programs of {len(items)} tasks, {TARGET} targets"
         + ('' if only_complete else ' at every line end'))
-    def save(done):  # a finished checkpoint holds the kept step's weights and metrics
-        if ddp.is_main():
-            save_checkpoint(dict(model=vm.state_dict(), optimizer=optimizer.state_dict(), best=None if done else best,
-                                 model_args=asdict(vm.gpt.config), reads_logp=vm.reads_logp, iter_num=it,
-                                 config=vars(cfg), history=history, done=done,
-                                 metrics=dict(best['metrics'], iters_trained=it)), out_path)
-
-    complete = [[d.complete for d in draws] for draws in dev['pool']]
     bar = tqdm(total=cfg.vm_iters, initial=it, desc=name, dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.vm_iters:
         vm.train()
-        rng = random.Random(cfg.seed * 1_000_003 + it)  # batches depend on (seed, iteration) only
-        batch = ddp.shard(rng.sample(items, min(cfg.vm_batch_tasks, len(items))))  # this rank's tasks of it
-        loss, parts = trainee(batch, cfg.vm_rank_coef, T.pad_id(enc), device)
+        rng = random.Random(T.step_seed(cfg.seed, it))  # batches depend on (seed, iteration) only
+        batch = ddp.shard(rng.sample(items, min(BATCH_TASKS, len(items))))  # this rank's tasks of it
+        loss, parts = trainee(batch, RANK_COEF, T.pad_id(enc), device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vm.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(vm.parameters(), GRAD_CLIP)
         optimizer.step()
         it += 1
         bar.update(1)
         if ddp.is_main() and (it % cfg.vm_eval_interval == 0 or it == cfg.vm_iters):
-            scores = program_scores(vm.eval(), enc, dev['tasks'], dev['pool'])
-            metrics = dict(iter=it, loss=loss.item(), **parts,
-                           **{f'dev_{k}': v for k, v in ranking(scores, dev['passed'], complete=complete).items()})
+            metrics = dict(iter=it, loss=loss.item(), **parts, **dev_ranking(vm, enc, dev))
             history.append(metrics)
             if best is None or (metrics['dev_within_task_auc'] or 0) > (best['metrics']['dev_within_task_auc'] or 0):
                 best = dict(metrics=metrics, model={k: v.clone() for k, v in vm.state_dict().items()})
-            save(done=False)
+            save_value_model(out_path, vm, optimizer, best, it, history, cfg, done=False)
             log(f"{name} iter {it}: " + ', '.join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     bar.close()
     if not ddp.is_main():
         return {}
     vm.load_state_dict(best['model'])
-    save(done=True)
+    save_value_model(out_path, vm, optimizer, best, it, history, cfg, done=True)
     log(f"{name}: keeping step {best['metrics']['iter']} of {it} (the best dev within-task AUC)")
     return dict(best['metrics'], iters_trained=it)

@@ -465,6 +465,45 @@ def make_task(rng, steps, ret, kn, probes):
 # -----------------------------------------------------------------------------
 # the benchmark: sample programs per difficulty, split by composition, build tasks
 
+def distinct_programs(draw, wanted, probes, short, seen, kn):
+    """Programs from draw() until `wanted` are kept or kn.patience draws in a row were not: each must pass
+    check_program and behave unlike every program kept so far (its fingerprint joins `seen`). Returns
+    ({composition: [(steps, ret), ...]}, draws)."""
+    programs, misses, attempts = {}, 0, 0
+    while sum(map(len, programs.values())) < wanted and misses < kn.patience:
+        attempts += 1
+        steps, ret = draw()
+        fp = check_program(steps, ret, probes, short, kn)
+        if fp is None or fp in seen:
+            misses += 1
+            continue
+        misses = 0
+        seen.add(fp)
+        programs.setdefault(solution_code(steps, 'list'), []).append((steps, ret))
+    return programs, attempts
+
+
+def assign_splits(rng, programs, quota, assigned):
+    """Give each composition (the step lines as written: the sequence of steps with their constants, the
+    return excluded; keyed by the code since keep_multiple 2 is keep_even) one split, so a test or dev task's
+    step lines never occur, in that order with those constants, in any other split. When a difficulty has
+    fewer programs than wanted (1 step), test takes at most 40% of them, dev at most 15%, and rl/sft share the
+    rest. Appends (split, steps, ret, 0) to `assigned`; returns the count per split."""
+    n = sum(map(len, programs.values()))
+    if n < sum(quota.values()):
+        quota['test'], quota['dev'] = min(quota['test'], n * 2 // 5), min(quota['dev'], n * 3 // 20)
+        rest = n - quota['test'] - quota['dev']
+        quota['rl'] = round(rest * quota['rl'] / (quota['rl'] + quota['sft']))
+    comps = list(programs)
+    rng.shuffle(comps)
+    got = Counter()
+    for comp in comps:
+        split = next((s for s in ('test', 'dev', 'rl') if got[s] < quota[s]), 'sft')
+        got[split] += len(programs[comp])
+        assigned += [(split, steps, ret, 0) for steps, ret in programs[comp]]
+    return got
+
+
 def sample_programs(kn, log=print):
     """Sample distinct, non-degenerate programs per difficulty and give each composition one split.
     Returns ([(split, steps, ret), ...], probes)."""
@@ -493,34 +532,10 @@ def sample_programs(kn, log=print):
         w = mix[d - kn.min_steps:]
         quota = {'test': kn.test, 'dev': kn.dev, 'rl': (kn.rl - taken['rl']) // left,
                  'sft': int((kn.sft - taken['sft']) * w[0] / sum(w))}
-        programs, misses, attempts = {}, 0, 0  # composition -> [(steps, ret), ...]
-        while sum(map(len, programs.values())) < sum(quota.values()) and misses < kn.patience:
-            attempts += 1
-            steps, ret = sample_program(rng, d, by_name, weights, rets, ret_weights)
-            fp = check_program(steps, ret, probes, short, kn)
-            if fp is None or fp in seen:
-                misses += 1
-                continue
-            misses = 0
-            seen.add(fp)
-            programs.setdefault(solution_code(steps, 'list'), []).append((steps, ret))
-        # composition = the step lines as written (the sequence of steps with their constants, the
-        # return excluded; keyed by the code since keep_multiple 2 is keep_even): a test or dev task's
-        # step lines never occur, in that order with those constants, in any other split. When a
-        # difficulty has fewer programs than wanted (1 step), test takes at most 40% of them, dev at
-        # most 15%, and rl/sft share the rest.
+        draw = lambda: sample_program(rng, d, by_name, weights, rets, ret_weights)  # noqa: E731
+        programs, attempts = distinct_programs(draw, sum(quota.values()), probes, short, seen, kn)
         n = sum(map(len, programs.values()))
-        if n < sum(quota.values()):
-            quota['test'], quota['dev'] = min(quota['test'], n * 2 // 5), min(quota['dev'], n * 3 // 20)
-            rest = n - quota['test'] - quota['dev']
-            quota['rl'] = round(rest * quota['rl'] / (quota['rl'] + quota['sft']))
-        comps = list(programs)
-        rng.shuffle(comps)
-        got = Counter()
-        for comp in comps:
-            split = next((s for s in ('test', 'dev', 'rl') if got[s] < quota[s]), 'sft')
-            got[split] += len(programs[comp])
-            assigned += [(split, steps, ret, 0) for steps, ret in programs[comp]]
+        got = assign_splits(rng, programs, quota, assigned)
         taken.update(got)
         if 0 < got['sft'] < quota['sft']:  # too few programs for the share: the same ones in other words
             copies = min(kn.sft_copies, -(-quota['sft'] // got['sft']))  # ceil(share / programs), capped

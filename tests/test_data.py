@@ -50,7 +50,7 @@ def test_scarce_one_step_sft_programs_come_in_several_phrasings():
     assert len(copies) == 154 and all(2 <= len(c) <= prepare.Knobs.sft_copies for c in copies.values())
     assert len({t['prompt'] for t in one}) == len(one)  # each copy in words and examples of its own
     for c in copies.values():  # and each with its own (mutation-checked) hidden tests, all passing
-        assert all(T.solved(r) for r in sandbox.run_batch([(t['prompt'] + t['canonical_solution'], t['tests'])
+        assert all(r.solved for r in sandbox.run_batch([(t['prompt'] + t['canonical_solution'], t['tests'])
                                                              for t in c[:2]]))
     # a small generator run: copies only where a difficulty has fewer sft programs than its share
     tasks = prepare.generate(prepare.Knobs(**{**SMALL, 'sft': 600, 'sft_copies': 3}), log=lambda *a: None)

@@ -69,7 +69,7 @@ def sft_steps():
 def grpo_steps():
     """GRPO updates (2 optimizer steps per batch, so the clip acts) on a fixed batch of 4 groups of 4, sequence-
     and token-level: every rank trains on its share (ddp.shard) of the batch."""
-    out = {}
+    out, kept = {}, (restrl.TOKEN_LEVEL, restrl.MICRO_BATCH)
     for token_level in (False, True):
         torch.manual_seed(0)
         policy = GPT(GPTConfig(block_size=64, vocab_size=50, n_layer=2, n_head=2, n_embd=32))
@@ -84,12 +84,13 @@ def grpo_steps():
                      for _ in range(G)]
             batch.append(dict(state=dict(ids=torch.randint(1, 50, (n,), generator=g).tolist()), ids=comps,
                               logp=[torch.zeros(len(c)) for c in comps], reward=torch.rand(G, generator=g)))
-        cfg = SimpleNamespace(rl_micro_batch=G, rl_adv_eps=1e-4, rl_scale_by_std=True, rl_inner_steps=2,
-                              rl_clip_eps=0.2, rl_kl_coef=0.02, rl_token_level=token_level, grad_clip=1.0)
+        cfg = SimpleNamespace(rl_inner_steps=2, rl_kl_coef=0.02)
+        restrl.TOKEN_LEVEL, restrl.MICRO_BATCH = token_level, G  # one group per micro-batch
         trainee = ddp.wrap(restrl.LogProbs(policy), 'cpu')
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
         stats = restrl.grpo_update(trainee, ref, opt, ddp.shard(batch), cfg, 0, nullcontext())
         out[token_level] = (policy.state_dict(), stats['loss'])
+    restrl.TOKEN_LEVEL, restrl.MICRO_BATCH = kept
     return out
 
 

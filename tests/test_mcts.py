@@ -19,7 +19,7 @@ import mcts  # noqa: E402
 import sandbox  # noqa: E402
 import tasks as T  # noqa: E402
 import value  # noqa: E402
-from mcts import Draw, Node, Tree, best_sample, format_tree, run_search, select, uct, value_targets  # noqa: E402
+from mcts import Draw, Node, Tree, best_sample, format_tree, run_search, uct, value_targets  # noqa: E402
 from model import GPT, GPTConfig, ValueModel  # noqa: E402
 
 PROMPT = 'P\n'
@@ -231,14 +231,20 @@ TASKS = [dict(task_id='a', prompt='def f(xs):\n    """sort"""\n', tests=['assert
 
 
 def make_cfg(**kw):
-    cfg = dict(seed=0, device=DEV, max_new_tokens=48, grad_clip=1.0, eval_split='dev',
-               mcts_num_sample=3, mcts_num_decision=2, mcts_c_collect=0.2, mcts_c_decode=0.1, mcts_eps=0.1,
-               mcts_temperature=1.0, decode_temperature=1.0, mcts_batch_tasks=8, mcts_collect_samples=6,
-               mcts_collect_tasks=0, vm_iters=20, vm_batch_tasks=4, vm_lr=1e-3, vm_rank_coef=1.0, vm_target='partial',
-               vm_reads_logp=False,
-               vm_eval_interval=10, vm_dev_tasks=0, decode_samples='1,4', seeds=1, decode_tasks=0)
+    cfg = dict(seed=0, device=DEV, max_new_tokens=48, eval_split='dev', mcts_batch_tasks=8, mcts_collect_samples=6,
+               mcts_collect_tasks=0, vm_iters=20, vm_reads_logp=False, vm_eval_interval=10, vm_dev_tasks=0,
+               decode_samples='1,4', seeds=1, decode_tasks=0)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
+
+
+@pytest.fixture(autouse=True)
+def small_constants(monkeypatch):
+    """Searches and value models for the toy policy: smaller than the official constants."""
+    for name, v in dict(NUM_SAMPLE=3, NUM_DECISION=2, TEMPERATURE=1.0).items():
+        monkeypatch.setattr(mcts, name, v)
+    monkeypatch.setattr(value, 'BATCH_TASKS', 4)
+    monkeypatch.setattr(value, 'LR', 1e-3)
 
 
 @pytest.fixture(scope='module')
@@ -427,10 +433,11 @@ def test_dev_pool_is_kept_and_remade_when_the_policy_or_a_setting_changes(policy
     first = value.dev_pool(cfg, policy, enc, TASKS, path, DEV)
     assert [len(d) for d in first['pool']] == [16, 16] and len(spy.calls) == 1
     assert value.dev_pool(cfg, policy, enc, TASKS, path, DEV)['pool'] == first['pool'] and len(spy.calls) == 1
-    value.dev_pool(make_cfg(decode_temperature=0.5), policy, enc, TASKS, path, DEV)
+    monkeypatch.setattr(mcts, 'TEMPERATURE', 0.5)
+    value.dev_pool(cfg, policy, enc, TASKS, path, DEV)
     assert len(spy.calls) == 2  # another temperature: sampled and graded again
     other = GPT(policy.config).to(DEV)
-    value.dev_pool(make_cfg(decode_temperature=0.5), other, enc, TASKS, path, DEV)
+    value.dev_pool(cfg, other, enc, TASKS, path, DEV)
     assert len(spy.calls) == 3  # another policy: the same
 
 
@@ -452,8 +459,9 @@ def synthetic_dev():
 
 @pytest.mark.parametrize('reads_logp', [False, True])
 def test_train_value_model_keeps_the_best_dev_auc_resumes_and_orm_reads_programs_only(policy, enc, tmp_path,
-                                                                                      reads_logp):
-    cfg = make_cfg(vm_iters=40, vm_eval_interval=10, vm_lr=3e-3, vm_reads_logp=reads_logp)
+                                                                                      reads_logp, monkeypatch):
+    monkeypatch.setattr(value, 'LR', 3e-3)
+    cfg = make_cfg(vm_iters=40, vm_eval_interval=10, vm_reads_logp=reads_logp)
     records, dev = synthetic_records(), synthetic_dev()
     full = value.train_value_model(cfg, policy, enc, records, dev, str(tmp_path / 'full.pt'), DEV, log=lambda *a: None)
     history = torch.load(tmp_path / 'full.pt', weights_only=False)['history']
@@ -475,7 +483,7 @@ def test_train_value_model_keeps_the_best_dev_auc_resumes_and_orm_reads_programs
     resumed = value.train_value_model(cfg, policy, enc, records, dev, str(tmp_path / 'cut.pt'), DEV, log=lambda *a: None)
     assert resumed == pytest.approx(full, rel=1e-4)  # exact on CPU; GPU sums may differ
     # resumed with vm_iters lowered to the step it stopped at: finished there, with that step's weights
-    short = value.train_value_model(make_cfg(vm_iters=10, vm_eval_interval=10, vm_lr=3e-3, vm_reads_logp=reads_logp),
+    short = value.train_value_model(make_cfg(vm_iters=10, vm_eval_interval=10, vm_reads_logp=reads_logp),
                                     policy, enc, records, dev, str(tmp_path / 'lowered.pt'), DEV, log=lambda *a: None)
     assert short['iter'] == short['iters_trained'] == 10
     assert torch.load(tmp_path / 'lowered.pt', weights_only=False)['done']

@@ -55,6 +55,7 @@ def test_sampled_logprobs_equal_full_forward(model):
         p = prompts[r // 3]
         ref = model.logprobs(torch.tensor([p + row]))[0, len(p) - 1:]  # log pi at temperature 1
         torch.testing.assert_close(s.logp[r][s.mask[r]], ref, atol=1e-5, rtol=1e-5)
+    assert not s.logp.requires_grad  # sampling builds no autograd graph (the update recomputes what it needs)
 
 
 def test_stop_token_and_padding_per_row(model):

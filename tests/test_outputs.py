@@ -54,7 +54,7 @@ def test_a_changed_key_is_refused_with_the_key_named(tmp_path):
         train.preflight(train.planned_outputs(config(tmp_path, '--seed=1338')), ['sft', 'rl'])
     # keys that cannot change a result are not compared
     train.preflight(train.planned_outputs(config(tmp_path, '--eval_batch_size=7', '--rl_eval_interval=9',
-                                                 '--rl_micro_batch=3', '--sft_eval_interval=5')), outputs.STAGES)
+                                                 '--sft_eval_interval=5')), outputs.STAGES)
 
 
 def test_an_output_without_a_record_is_never_trusted(tmp_path):
@@ -81,7 +81,7 @@ def test_restart_moves_the_stage_and_the_later_ones_aside(tmp_path):
     names = {'sft.pt', 'rl_rest_grpo_seed1337.pt', 'rl_rest_grpo_seed1338.pt', 'value_targets.jsonl', 'vm.pt',
              'orm.pt', 'decode.jsonl'}
     fake_make(cfg, names, result=lambda o: dict(iters=o.cfg.rl_iters) if o.stage == 'rl' else {})
-    train.restart(cfg, train.planned_outputs(cfg))
+    train.restart_from(cfg, train.planned_outputs(cfg))
     left = set(os.listdir(tmp_path))
     assert {'sft.pt', 'sft.json', 'value_targets.jsonl', 'value_targets.json'} <= left
     assert not {'vm.pt', 'vm.json', 'orm.pt', 'decode.jsonl', 'decode.json'} & left

@@ -221,17 +221,21 @@ TEST_TASKS = [dict(t, task_id=f'test/{i}') for i, t in enumerate(RL_TASKS)]
 
 
 def make_cfg(**kw):
-    cfg = dict(seed=0, grad_clip=1.0, max_new_tokens=48, eval_tasks=0, final_eval_tasks=0, eval_split='dev',
-               eval_batch_size=16, dtype='float32',
-               rl_iters=1, rl_lr=1e-3, rl_weight_decay=0.0, rl_batch_groups=3, rl_group_size=4,
-               rl_temperature=1.0, rl_reward='binary', rl_min_difficulty=1, rl_filter_tasks=3, rl_filter_samples=4,
-               rl_filter_temperature=1.0, rl_std_threshold=0.05, rl_prefix_min_reward=0.9,
-               rl_prefix_lines_frac=0.5, rl_prefix_alpha=0.95,
-               rl_clip_eps=0.2, rl_kl_coef=0.02, rl_adv_eps=1e-4, rl_scale_by_std=True, rl_token_level=False,
-               rl_dpo_beta=0.1, rl_inner_steps=1, rl_micro_batch=5, rl_timeout=1.0, rl_eval_interval=1,
-               rl_test_interval=0, eval_samples=2, eval_temperature=0.7)
+    cfg = dict(seed=0, max_new_tokens=48, eval_tasks=0, final_eval_tasks=0, eval_split='dev',
+               eval_batch_size=16, dtype='float32', data_dir='data',
+               rl_iters=1, rl_lr=1e-3, rl_batch_groups=3, rl_group_size=4,
+               rl_temperature=1.0, rl_reward='binary', rl_min_difficulty=1, rl_filter_tasks=3,
+               rl_std_threshold=0.05, rl_kl_coef=0.02, rl_inner_steps=1, rl_eval_interval=1, rl_test_interval=0)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
+
+
+@pytest.fixture(autouse=True)
+def small_constants(monkeypatch):
+    """The toy policy's filter rounds and micro-batches, smaller than the official constants."""
+    monkeypatch.setattr(restrl, 'FILTER_SAMPLES', 4)
+    monkeypatch.setattr(restrl, 'FILTER_TEMPERATURE', 1.0)
+    monkeypatch.setattr(restrl, 'MICRO_BATCH', 5)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -287,14 +291,15 @@ class ScriptedPolicy:
         return Samples(tokens, torch.where(mask, -1.0, 0.0), mask, stopped)
 
 
-def test_rollout_crash_and_hang_cost_reward_zero_and_truncation_adds_no_end_token():
+def test_rollout_crash_and_hang_cost_reward_zero_and_truncation_adds_no_end_token(monkeypatch):
+    monkeypatch.setattr(restrl, 'TIMEOUT', 0.5)  # the hanging program's limit
     good = '    ys = [x * 2 for x in xs]\n    return ys\n'
     script = [(good, True), ('    return xs\n', True), ('    raise SystemExit(0)\n', True),
               ('    while True:\n        pass\n', True), ('    import os\n    os._exit(0)\n', True),
               (good, False), ('    ys = [x * 2 fo', False)]
     state = restrl.make_state(0, '', RL_TASKS, ENC)
     for reward in ('binary', 'partial'):  # binary: the sandbox stops at the first failing test
-        cfg = make_cfg(rl_timeout=0.5, rl_reward=reward)
+        cfg = make_cfg(rl_reward=reward)
         groups, info = restrl.rollout(ScriptedPolicy(script), ENC, [state, state], len(script), cfg)
         for g in groups:
             assert g['binary'].tolist() == [1, 0, 0, 0, 0, 1, 0]  # the run goes on; crash, hang, exit earn 0
@@ -330,7 +335,7 @@ FILTER_SCRIPT = {  # four samples per problem, partial reward (fraction of the t
 
 @pytest.mark.parametrize('method', ['rest_grpo', 'rest_dpo'])
 def test_filter_round_keeps_varied_problems_and_builds_the_official_data_set(method):
-    cfg = make_cfg(rl_reward='partial', rl_filter_tasks=3, rl_filter_samples=4)
+    cfg = make_cfg(rl_reward='partial', rl_filter_tasks=3)
     pool = restrl.StatePool([0, 1, 2], seed=0)
     info = restrl.filter_round(method, ScriptedPolicy(FILTER_SCRIPT), ENC, pool, RL_TASKS, cfg, None,
                                np.random.default_rng(0))
@@ -354,7 +359,7 @@ def test_filter_keeps_every_prefix_state_with_room_for_a_token():
     room_for_one = len(ENC.encode_ordinary(RL_TASKS[0]['prompt'] + first_line)) + 1
     policy = ScriptedPolicy(FILTER_SCRIPT)
     policy.config = SimpleNamespace(block_size=room_for_one)  # the 1-line prefix fits, the full program does not
-    cfg = make_cfg(rl_reward='partial', rl_filter_tasks=3, rl_filter_samples=4)
+    cfg = make_cfg(rl_reward='partial', rl_filter_tasks=3)
     found = []
     for seed in range(10):
         pool = restrl.StatePool([0, 1, 2], seed=0)
@@ -433,7 +438,7 @@ def test_start_evaluation_is_reused_only_for_the_same_weights_seed_and_settings(
     fake_eval.clear()
     second = run('rest_grpo')  # another method from the same model and seed: only the end is evaluated
     assert fake_eval == ['dev', 'test', 'test sampled'] and second[0] == first[0]
-    for change in (dict(seed=7), dict(eval_samples=3)):
+    for change in (dict(seed=7), dict(max_new_tokens=40)):
         fake_eval.clear()
         run('grpo', **change)
         assert fake_eval == ['dev', 'test', 'test sampled'] * 2, change
@@ -487,9 +492,6 @@ def test_resume_refuses_another_setting_or_an_older_checkpoint(sft_policy, tmp_p
     with pytest.raises(SystemExit, match='earlier restrl'):
         restrl.train_rl(make_cfg(rl_iters=3), copy.deepcopy(sft_policy), ENC, RL_TASKS, EVAL_TASKS, None, path, 'cpu',
                         'grpo', log=lambda s: 0)
-    with pytest.raises(ValueError, match="'rl_filter_samples' must be at least 2"):
-        restrl.train_rl(make_cfg(rl_filter_samples=1), sft_policy, ENC, RL_TASKS, EVAL_TASKS, None,
-                        str(tmp_path / 'x.pt'), 'cpu', 'rest_grpo', log=lambda s: 0)
 
 
 def test_hard_regime_pool_holds_only_hard_problems():
@@ -548,10 +550,11 @@ def test_grpo_update_gradient_equals_one_full_recompute_pass(monkeypatch):
                  for _ in range(G)]
         batch.append(dict(state=dict(ids=torch.randint(1, 50, (n,), generator=g).tolist()), ids=comps,
                           logp=[torch.zeros(len(c)) for c in comps], reward=torch.rand(G, generator=g)))
-    cfg = make_cfg(rl_micro_batch=G)  # one group per micro-batch
+    cfg = make_cfg()
+    monkeypatch.setattr(restrl, 'MICRO_BATCH', G)  # one group per micro-batch
     grads = []
 
-    def capture(model, optimizer, cfg):
+    def capture(model, optimizer):
         grads.append([p.grad.clone() for p in model.parameters()])
         model.zero_grad()
         return 0.0
@@ -570,7 +573,7 @@ def test_grpo_update_gradient_equals_one_full_recompute_pass(monkeypatch):
         ref_lp, _ = full(ref)
     lp, mask = full(policy)
     adv = restrl.group_advantages(torch.stack([b['reward'] for b in batch])).flatten()
-    loss, _ = restrl.grpo_loss(lp, lp.detach(), ref_lp, adv, mask, cfg.rl_clip_eps, cfg.rl_kl_coef)
+    loss, _ = restrl.grpo_loss(lp, lp.detach(), ref_lp, adv, mask, restrl.CLIP_EPS, cfg.rl_kl_coef)
     loss.backward()
     for p, got in zip(policy.parameters(), grads[0]):
         torch.testing.assert_close(got, p.grad, atol=1e-6, rtol=1e-4)

@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
-from report import mean_se  # noqa: E402
+from tasks import mean_se  # noqa: E402
 from train import effective_by_source  # noqa: E402
 
 ORDER = ('grpo', 'rest_grpo', 'rest_dpo', 'rest_grpo_filter')
