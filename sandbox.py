@@ -377,9 +377,9 @@ def _read_into(fd, buf, cap):
 
 
 def _run_job(job):
-    """Run one program in I/T processes and turn the nonce'd report lines into a Result dict. One function on
-    purpose: the fork, the lock-down of the child, the wait with its deadline and the reading of the report
-    are one protocol, and each step's order matters (see the threat model in README, Sandbox)."""
+    """Run one program in I/T processes and return its verdict (a Result dict). One function on purpose: the
+    fork, the lock-down of the child, the wait with its deadline and the draining of the pipes are one
+    protocol, and each step's order matters (see the threat model in README, Sandbox)."""
     total, timeout = len(job['tests']), job['timeout']
     job['nonce'] = nonce = os.urandom(16).hex()
     if _Setup.isolated:
@@ -427,9 +427,14 @@ def _run_job(job):
         while _read_into(fd, buf, cap):
             pass
         os.close(fd)
+    output = streams[out_r][0].decode('utf-8', 'replace')[:OUTPUT_CHARS]
+    return _verdict(bytes(streams[report_r][0]), nonce, total, timeout, timed_out, code, output)
 
+
+def _verdict(report, nonce, total, timeout, timed_out, code, output):
+    """The Result dict from the report lines that carry this run's nonce (every other line is ignored)."""
     passes, failures, program_msg, done = set(), {}, None, False
-    for line in bytes(streams[report_r][0]).split(b'\n'):
+    for line in report.split(b'\n'):
         if not line.startswith(nonce.encode() + b' '):
             continue  # not from the harness
         words = line.decode('utf-8', 'replace').split(' ', 4)[1:]
@@ -457,7 +462,6 @@ def _run_job(job):
         status, error = 'killed', f'program killed by signal {-code}'
     else:
         status, error = 'error', 'program exited before its tests finished'
-    output = streams[out_r][0].decode('utf-8', 'replace')[:OUTPUT_CHARS]
     return dict(passed=passed, total=total, status=status, error=error[:200], output=output)
 
 

@@ -42,7 +42,7 @@ from configurator import ConfigError, configure as parse_config, load_policy, pi
 from model import GPT, GPTConfig, autocast, resume, save_checkpoint
 
 # -----------------------------------------------------------------------------
-# default config: the whole pipeline in about 25 minutes on 2 CPU cores
+# default config: the whole pipeline in about 32 minutes on 2 CPU cores (too few RL steps to gain: README)
 out_dir = 'out'
 stage = 'all'            # all | data | sft | rl | mcts | vm | decode
 restart = ''             # a stage: move its outputs and those of the stages after it aside, and make them again
