@@ -65,8 +65,8 @@ def bench_rl_lengths(device, cfg):
     Reference: the same sampler where every row runs to the longest (what a batch pays when finished rows
     stay in it). Both count only the replayed tokens."""
     import random
-    import tasks as T
-    enc, rl = T.get_tokenizer(), T.load_tasks('data/rl.jsonl')
+    from tasks import get_tokenizer, load_tasks
+    enc, rl = get_tokenizer(), load_tasks('data/rl.jsonl')
     rng = random.Random(0)
     prompts = [enc.encode_ordinary(t['prompt']) for t in rng.sample(rl, 32) for _ in range(8)]
     lengths = [len(enc.encode_ordinary(t['canonical_solution'])) + 1 for t in rng.sample(rl, 256)]
@@ -134,10 +134,10 @@ def bench_train(device, cfg, batch_size, steps=10):
 def bench_sft(device, cfg, steps=8):
     """train.sft_backward with micro_batches 4 (the default) against 1 (the whole batch padded to its longest
     row), alternating on the same 32-row batches of the sft split; the gradients are the same (tests/test_train.py)."""
-    import tasks as T
+    from tasks import get_tokenizer, load_tasks
     import train
-    enc = T.get_tokenizer()
-    x_all, y_all, len_all = train.encode_sft(enc, T.load_tasks('data/sft.jsonl'), cfg.block_size)
+    enc = get_tokenizer()
+    x_all, y_all, len_all = train.encode_sft(enc, load_tasks('data/sft.jsonl'), cfg.block_size)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**cfg.__dict__, 'vocab_size': enc.n_vocab})).to(device)
     times = {1: [], 4: []}
@@ -158,16 +158,16 @@ def bench_vm(device, cfg, steps=4):
     prompt run once (value.vm_loss) against every program run whole (ValueModel.forward on padded rows),
     alternating on the same batches. The programs are the rl split's reference solutions, so the lengths are
     real; the two paths give the same logits (tests/test_mcts.py)."""
-    import tasks as T
+    from tasks import get_tokenizer, load_tasks, pad_id
     import value
     from model import ValueModel
-    enc = T.get_tokenizer()
-    rl = T.load_tasks('data/rl.jsonl')
+    enc = get_tokenizer()
+    rl = load_tasks('data/rl.jsonl')
     torch.manual_seed(0)
     vm = ValueModel.from_policy(GPT(GPTConfig(**{**cfg.__dict__, 'vocab_size': enc.n_vocab})), True).to(device)
     records = [dict(task_id=t['task_id'], prompt=t['prompt'], solution=t['canonical_solution'], complete=True,
                     value=float(i % 2), value_binary=float(i % 2), steps=[]) for t in rl[:400] for i in range(20)]
-    items, pad = value.training_items(records, enc, cfg.block_size, 'partial'), T.pad_id(enc)
+    items, pad = value.training_items(records, enc, cfg.block_size, 'partial'), pad_id(enc)
 
     def whole(batch):
         flat = [it for task in batch for it in task]

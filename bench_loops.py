@@ -29,13 +29,13 @@ def measure(args, config):
     sys.path.insert(0, os.getcwd())
     import mcts
     import restrl
-    import tasks as T
+    from tasks import TOKENIZER_FILE, get_tokenizer, load_tasks, spread
     import train
     quiet = lambda *a, **k: None  # noqa: E731
     cfg = SimpleNamespace(**{**train.DEFAULTS, **{k: v for k, v in config.items() if k in train.DEFAULTS}})
-    enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
-    rl_tasks = T.load_tasks(os.path.join(cfg.data_dir, 'rl.jsonl'))
-    probe = T.spread(T.load_tasks(os.path.join(cfg.data_dir, 'dev.jsonl')), 8)  # the evaluations: kept tiny
+    enc = get_tokenizer(os.path.join(cfg.data_dir, TOKENIZER_FILE))
+    rl_tasks = load_tasks(os.path.join(cfg.data_dir, 'rl.jsonl'))
+    probe = spread(load_tasks(os.path.join(cfg.data_dir, 'dev.jsonl')), 8)  # the evaluations: kept tiny
     out = {}
     for method in ('grpo', 'rest_grpo'):
         policy, _ = train.load_policy(args.init, 'cpu')

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import ddp
 import sandbox
-import tasks as T
+from tasks import TOKENIZER_FILE, get_tokenizer, grade, load_tasks, mean_se, pad_id, sample_programs, spread, step_seed
 import value
 from configurator import load_policy, pick_device
 import mcts
@@ -44,7 +44,7 @@ def line_scores(vm, enc, tasks, pool):
     newline = enc.encode_single_token('\n')
     seqs, starts = zip(*[value.encode_state(enc, t['prompt'], d.text, d.complete, vm.gpt.config.block_size)
                          for t, draws in zip(tasks, pool) for d in draws])
-    vals, idx, lengths = value.values_at_positions(vm.eval(), seqs, starts, T.pad_id(enc))
+    vals, idx, lengths = value.values_at_positions(vm.eval(), seqs, starts, pad_id(enc))
     pos = torch.arange(idx.size(1), device=idx.device)[None, :]  # (1, L)
     last = pos == lengths[:, None] - 1
     step_end = ((idx == newline) & (pos >= torch.tensor(starts, device=idx.device)[:, None])
@@ -70,7 +70,7 @@ def search_answers(cfg, policy, model, enc, tasks, n, gen, value_states):
 def search_row(cfg, policy, model, enc, tasks, n, seed, method, device, record):
     """One search row: the search scored by `model` (the ORM or the VM), n samples per task, its own seed."""
     t0 = time.time()
-    gen = torch.Generator(device=device).manual_seed(T.step_seed(seed, n * 2 + (method == 'vm_mcts')))
+    gen = torch.Generator(device=device).manual_seed(step_seed(seed, n * 2 + (method == 'vm_mcts')))
     answers, samples, tokens = search_answers(cfg, policy, model, enc, tasks, n, gen, method == 'vm_mcts')
     record(method, n, seed, answers, samples, tokens, time.time() - t0)
 
@@ -105,7 +105,7 @@ def pool_rows(cfg, policy, vm, orm, enc, tasks, ns, seed, device, record):
 
 def graded_row(tasks, method, n, seed, answers, samples, tokens, secs, log):
     """A decoding row: the answers graded (pass@1 overall and per difficulty), samples and tokens per task."""
-    passed = T.grade(tasks, answers)
+    passed = grade(tasks, answers)
     by_diff = {d: sum(p for p, t in zip(passed, tasks) if t['difficulty'] == d) /
                sum(t['difficulty'] == d for t in tasks) for d in sorted({t['difficulty'] for t in tasks})}
     r = dict(method=method, n=n, seed=seed, pass1=sum(passed) / len(tasks), by_difficulty=by_diff,
@@ -120,7 +120,7 @@ def decode_units(cfg, policy, vm, orm, enc, tasks, ns, seeds, device, record):
     each seed's pool (its best-of-N rows and ranking figures), each search."""
     def greedy_row():
         t0 = time.time()
-        answers, tokens = T.sample_programs(policy, enc, tasks, device, cfg.max_new_tokens, cfg.mcts_batch_tasks,
+        answers, tokens = sample_programs(policy, enc, tasks, device, cfg.max_new_tokens, cfg.mcts_batch_tasks,
                                             temperature=0.0, samples=1)
         record('greedy', 0, cfg.seed, answers, [1] * len(tasks), tokens, time.time() - t0)
 
@@ -144,7 +144,7 @@ def decode_compare(cfg, policy, vm, orm, enc, test_tasks, device, rows_path=None
     under torchrun they go round-robin to the ranks, each appending to its own part, and rank 0 merges the
     parts: the rows one process makes. Returns {'unit', 'rows': one per (method, N, seed) in a fixed order,
     'summary': see summarise, 'ranking': the rankers' figures on the pools, averaged over seeds}."""
-    tasks = T.spread(test_tasks, cfg.decode_tasks)
+    tasks = spread(test_tasks, cfg.decode_tasks)
     ns = [int(n) for n in str(cfg.decode_samples).split(',')]
     part = rows_path if ddp.world() == 1 or not rows_path else f'{rows_path}.rank{ddp.rank()}'
     rows = read_rows(rows_path) + (read_rows(part) if part != rows_path else [])
@@ -222,7 +222,7 @@ def summarise(rows):
         out.setdefault(r['method'], {}).setdefault(r['n'], []).append(r)
     for m, per_n in out.items():
         for n, rs in per_n.items():
-            pass1, se = T.mean_se([r['pass1'] for r in rs])
+            pass1, se = mean_se([r['pass1'] for r in rs])
             per_n[n] = dict(pass1=pass1, pass1_se=se, samples=sum(r['samples'] for r in rs) / len(rs),
                             tokens=sum(r['tokens'] for r in rs) / len(rs), seeds=len(rs),
                             by_difficulty={d: sum(r['by_difficulty'][d] for r in rs) / len(rs)
@@ -241,7 +241,7 @@ def watch_search(args, policy, enc, device):
     targets), or with --vm by a value model (as when decoding)."""
     split = args.task.split('/')[0]
     path = os.path.join(args.data_dir, f'{split}.jsonl')
-    found = [t for t in T.load_tasks(path) if t['task_id'] == args.task] if os.path.exists(path) else []
+    found = [t for t in load_tasks(path) if t['task_id'] == args.task] if os.path.exists(path) else []
     if not found:
         raise SystemExit(f"task '{args.task}' not found: task ids are SPLIT/N, read from {args.data_dir}/SPLIT.jsonl")
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -266,8 +266,8 @@ def watch_search(args, policy, enc, device):
 def rank_on_dev(args, policy, enc, device):
     """Greedy pass@1, random-of-k and oracle-of-k (pass@k), and how well the likelihood (and a VM) pick, on
     --tasks dev tasks with --n samples each."""
-    tasks = T.spread(T.load_tasks(os.path.join(args.data_dir, 'dev.jsonl')), args.tasks)
-    greedy = T.grade(tasks, T.sample_programs(policy, enc, tasks, device, args.max_new_tokens, 32, 0.0, 1)[0])
+    tasks = spread(load_tasks(os.path.join(args.data_dir, 'dev.jsonl')), args.tasks)
+    greedy = grade(tasks, sample_programs(policy, enc, tasks, device, args.max_new_tokens, 32, 0.0, 1)[0])
     gen = torch.Generator(device=device).manual_seed(args.seed)
     pool = value.sample_pool(policy, enc, tasks, args.n, args.max_new_tokens, mcts.TEMPERATURE, gen)
     passed = value.grade_pool(tasks, pool)
@@ -303,7 +303,7 @@ def main(argv):
         raise SystemExit(f"no policy at {args.ckpt}: train one (python train.py), or pass --ckpt=out/sft.pt")
     device = pick_device(args.device)
     policy = load_policy(args.ckpt, device)[0].eval()
-    enc = T.get_tokenizer(os.path.join(args.data_dir, T.TOKENIZER_FILE))
+    enc = get_tokenizer(os.path.join(args.data_dir, TOKENIZER_FILE))
     (watch_search if args.task else rank_on_dev)(args, policy, enc, device)
 
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 import ddp
 import outputs
 import sandbox
-import tasks as T
+from tasks import completion_text, pad_id, spread, step_seed
 
 NUM_SAMPLE = 5      # complete programs sampled per expansion (official num_sample)
 NUM_DECISION = 3    # children a decoding search keeps selectable per node, best valued first (official)
@@ -258,12 +258,12 @@ def sample_continuations(policy, prompts, ns, max_new_tokens, stats, **kw):
 def policy_expander(policy, enc, max_tokens, temperature, stats, generator=None):
     """expand(states, ns): ns[i] complete programs continuing each state (stop at the end-of-solution token,
     or cut at max_tokens)."""
-    eot, pad = enc.eot_token, T.pad_id(enc)
+    eot, pad = enc.eot_token, pad_id(enc)
 
     def expand(states, ns):
         rows = sample_continuations(policy, [enc.encode_ordinary(s) for s in states], ns, max_tokens, stats,
                              temperature=temperature, stop_ids=(eot,), pad_id=pad, generator=generator)
-        return [[Draw(T.completion_text(enc, ids), stopped, len(ids), sum(lp) / len(lp)) for ids, lp, stopped in r]
+        return [[Draw(completion_text(enc, ids), stopped, len(ids), sum(lp) / len(lp)) for ids, lp, stopped in r]
                 for r in rows]
     return expand
 
@@ -298,7 +298,7 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=tqdm.
     uninterrupted run writes. Under torchrun the batches go round-robin to the ranks, each writing its own part,
     and rank 0 merges the parts in batch order: the same file as one process's. Returns all records."""
     path = os.path.join(out_dir, 'value_targets.jsonl')
-    tasks = T.spread(rl_tasks, cfg.mcts_collect_tasks)
+    tasks = spread(rl_tasks, cfg.mcts_collect_tasks)
     batches = [tasks[i:i + cfg.mcts_batch_tasks] for i in range(0, len(tasks), cfg.mcts_batch_tasks)]
     merged = os.path.exists(path + '.progress') and len(json.load(open(path + '.progress'))['ends']) == len(batches)
     part = path if ddp.world() == 1 or merged else f'{path}.rank{ddp.rank()}'
@@ -310,7 +310,7 @@ def collect_value_targets(cfg, policy, enc, rl_tasks, out_dir, device, log=tqdm.
     policy.eval()
     stats, t0, roots = {}, time.time(), []
     for b in tqdm(left, desc='mcts', dynamic_ncols=True, disable=not ddp.is_main()):
-        gen = torch.Generator(device=device).manual_seed(T.step_seed(cfg.seed, b))
+        gen = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, b))
         expand = policy_expander(policy, enc, cfg.max_new_tokens, TEMPERATURE, stats, gen)
         trees = run_search([Tree(t, cfg.mcts_collect_samples) for t in batches[b]], expand, test_scorer(),
                            num_sample=NUM_SAMPLE, c=C_COLLECT)

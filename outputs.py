@@ -107,7 +107,9 @@ def differences(recorded, wanted):
     out = []
     for part in ('config', 'inputs'):
         old, new = recorded.get(part, {}), wanted[part]
-        for k in sorted(set(new) if part == 'config' else set(old) | set(new)):
+        # config: the keys this run reads, and world_size when either side has it (made_from records it for >1 process)
+        keys = set(new) | ({'world_size'} & set(old)) if part == 'config' else set(old) | set(new)
+        for k in sorted(keys):
             if old.get(k, '(not recorded)') != new.get(k, '(not recorded)'):
                 what = k if part == 'config' else f"input {k}"
                 out.append(f"  {what}: {old.get(k, '(not recorded)')!r} then, {new.get(k, '(missing)')!r} now")

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 import ddp
 import sandbox
-import tasks as T
+from tasks import (
+    EVAL_SAMPLES, EVAL_TEMPERATURE, completion_text, evaluate_greedy, evaluate_sampled, pad_id, spread, step_seed)
 from model import autocast, load_checkpoint, resume, save_checkpoint, weights_digest
 
 # The official constants (THUDM/ReST-RL and its TRL GRPO): the config keys are what the experiments vary
@@ -202,11 +203,11 @@ def rollout(policy, enc, states, G, cfg, generator=None, temperature=1.0):
     t0 = time.time()
     policy.eval()
     s = policy.sample([state['ids'] for state in states], n=G, max_new_tokens=cfg.max_new_tokens,
-                      temperature=temperature, stop_ids=(enc.eot_token,), pad_id=T.pad_id(enc),
+                      temperature=temperature, stop_ids=(enc.eot_token,), pad_id=pad_id(enc),
                       generator=generator)
     rows, stopped = s.rows(), s.stopped.tolist()
     logps = [lp[m].cpu() for lp, m in zip(s.logp, s.mask)]
-    texts = [T.completion_text(enc, r) for r in rows]  # the end token is not code
+    texts = [completion_text(enc, r) for r in rows]  # the end token is not code
     t1 = time.time()
     jobs = [(states[i // G]['text'] + texts[i], states[i // G]['task']['tests']) for i in range(len(rows))]
     # binary: all tests must pass, so the sandbox may stop at the first failure (no fork per test); a crash or
@@ -373,7 +374,7 @@ def next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng):
 def train_step(method, trainee, ref, optimizer, items, enc, rl_tasks, cfg, generator, ctx):
     """One batch of items -> rl_inner_steps optimizer steps; under torchrun each rank samples, scores and trains
     on its share of the items. Returns (every rank's sampled groups, in brief; rollout info; update stats)."""
-    pad, policy = T.pad_id(enc), trainee.module.model if hasattr(trainee, 'module') else trainee.model
+    pad, policy = pad_id(enc), trainee.module.model if hasattr(trainee, 'module') else trainee.model
     mine = ddp.shard(items)
     if METHODS[method]['loss'] == 'dpo':  # a pair is a two-row group whose first row won
         pairs = [dict(state=make_state(i, '', rl_tasks, enc), ids=[c, r], reward=torch.tensor([1.0, 0.0]))
@@ -438,8 +439,8 @@ RESUME_FREE = ('rl_iters', 'rl_eval_interval', 'rl_test_interval')  # may change
 def start_eval_path(policy, cfg, with_test, path):
     """Where the starting policy's evaluation is kept, beside the run's checkpoint: the name hashes the weights and
     every setting the evaluation reads, so a file is reused only for the very same evaluation."""
-    settings = [cfg.seed, cfg.eval_split, cfg.eval_tasks, cfg.final_eval_tasks, cfg.max_new_tokens, T.EVAL_TEMPERATURE,
-                T.EVAL_SAMPLES, cfg.data_dir, with_test]
+    settings = [cfg.seed, cfg.eval_split, cfg.eval_tasks, cfg.final_eval_tasks, cfg.max_new_tokens, EVAL_TEMPERATURE,
+                EVAL_SAMPLES, cfg.data_dir, with_test]
     h = hashlib.sha1((weights_digest(policy) + repr(settings)).encode())
     return os.path.join(os.path.dirname(path) or '.', f'rl_start_{h.hexdigest()[:16]}.pt')
 
@@ -474,12 +475,12 @@ class Evaluator:
 
     def __init__(self, policy, enc, eval_tasks, test_tasks, cfg, device):
         self.policy, self.enc, self.cfg, self.device = policy, enc, cfg, device
-        self.eval_tasks = T.spread(eval_tasks, cfg.eval_tasks)
-        self.test_tasks = None if test_tasks is None else T.spread(test_tasks, cfg.final_eval_tasks)
+        self.eval_tasks = spread(eval_tasks, cfg.eval_tasks)
+        self.test_tasks = None if test_tasks is None else spread(test_tasks, cfg.final_eval_tasks)
 
     def dev(self, rec):
         cfg = self.cfg
-        ev = T.evaluate_greedy(self.policy, self.enc, self.eval_tasks, self.device, cfg.max_new_tokens,
+        ev = evaluate_greedy(self.policy, self.enc, self.eval_tasks, self.device, cfg.max_new_tokens,
                                cfg.eval_batch_size)
         rec.update(eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty'])
         return f", {cfg.eval_split} pass@1 {ev['pass1']:.3f}"
@@ -495,12 +496,12 @@ class Evaluator:
 
     def test(self, rec):
         cfg, tasks = self.cfg, self.test_tasks
-        ev = T.evaluate_greedy(self.policy, self.enc, tasks, self.device, cfg.max_new_tokens, cfg.eval_batch_size)
-        sampled = T.evaluate_sampled(self.policy, self.enc, tasks, self.device, cfg.max_new_tokens,
+        ev = evaluate_greedy(self.policy, self.enc, tasks, self.device, cfg.max_new_tokens, cfg.eval_batch_size)
+        sampled = evaluate_sampled(self.policy, self.enc, tasks, self.device, cfg.max_new_tokens,
                                      cfg.eval_batch_size, seed=cfg.seed)
         rec.update(test_pass1=ev['pass1'], test_by_difficulty=ev['by_difficulty'],
                    test_pass1_sampled=sampled['pass1'], test_by_difficulty_sampled=sampled['by_difficulty'])
-        return f", test pass@1 {ev['pass1']:.3f} (sampled at {T.EVAL_TEMPERATURE:g}: {sampled['pass1']:.3f})"
+        return f", test pass@1 {ev['pass1']:.3f} (sampled at {EVAL_TEMPERATURE:g}: {sampled['pass1']:.3f})"
 
 
 def start_record(name, evaluator, path, log):
@@ -515,7 +516,7 @@ def start_record(name, evaluator, path, log):
         log(f"{name}: start evaluation reused from {cache}")
         return load_checkpoint(cache)
     log(f"{name}: evaluating the starting policy ({len(evaluator.eval_tasks)} {evaluator.cfg.eval_split} tasks"
-        + (f", {len(evaluator.test_tasks)} test tasks greedy and {T.EVAL_SAMPLES} samples each)" if with_test else ")"))
+        + (f", {len(evaluator.test_tasks)} test tasks greedy and {EVAL_SAMPLES} samples each)" if with_test else ")"))
     said = evaluator.dev(start) + (evaluator.test(start) if with_test else '')
     save_checkpoint(start, cache)
     log(f"{name}: start{said}")
@@ -551,7 +552,7 @@ def train_rl(cfg, policy, enc, rl_tasks, eval_tasks, test_tasks, path, device, m
     for it in range(it0 + 1, cfg.rl_iters + 1):
         t0 = time.time()
         # this rank's samples (rank 0's are one process's); the filter's shuffle (rng) is the same on every rank
-        generator = torch.Generator(device=device).manual_seed(T.step_seed(cfg.seed, it + 7_777_777_777 * ddp.rank()))
+        generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, it + 7_777_777_777 * ddp.rank()))
         rng = np.random.default_rng([cfg.seed, it])
         with ctx:
             items, filter_info = next_items(method, policy, enc, pool, rl_tasks, cfg, generator, rng)

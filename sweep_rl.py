@@ -16,7 +16,7 @@ import sys
 from types import SimpleNamespace
 
 import restrl
-import tasks as T
+from tasks import get_tokenizer, load_tasks
 import train
 
 BASE = dict(method='grpo', rl_reward='partial', rl_iters=60, rl_batch_groups=16, rl_eval_interval=20, eval_tasks=0)
@@ -45,8 +45,8 @@ def main(argv):
         raise SystemExit(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(RUNS)}")
     if not os.path.exists(args.sft):
         raise SystemExit(f"{args.sft} does not exist: train the SFT model first (python train.py --stage=sft)")
-    enc = T.get_tokenizer()
-    rl_tasks, dev_tasks = T.load_tasks('data/rl.jsonl'), T.load_tasks('data/dev.jsonl')
+    enc = get_tokenizer()
+    rl_tasks, dev_tasks = load_tasks('data/rl.jsonl'), load_tasks('data/dev.jsonl')
     device = train.pick_device('auto')
     summary = os.path.join(args.out, 'sweep.json')
     out = json.load(open(summary))['runs'] if os.path.exists(summary) else {}  # earlier invocations' runs stay

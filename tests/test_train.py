@@ -7,7 +7,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 import train  # noqa: E402
-import tasks as T  # noqa: E402
+from tasks import get_tokenizer, load_tasks  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
@@ -73,10 +73,10 @@ def _tiny_cfg(out_dir, **kw):
 
 
 def test_interrupted_sft_resumes_to_identical_weights(tmp_path, monkeypatch):
-    enc = T.get_tokenizer()
-    sft = T.load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:64]
-    test = T.load_tasks(os.path.join(ROOT, 'data', 'test.jsonl'))[:8]
-    monkeypatch.setattr(T, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'by_band': {}, 'n': 0})
+    enc = get_tokenizer()
+    sft = load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:64]
+    test = load_tasks(os.path.join(ROOT, 'data', 'test.jsonl'))[:8]
+    monkeypatch.setattr(train, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'by_band': {}, 'n': 0})
     monkeypatch.setattr(train, 'SFT_WARMUP_ITERS', 2)  # a 12-step run
     quiet = lambda *a: None  # noqa: E731
 
@@ -108,9 +108,9 @@ def test_interrupted_sft_resumes_to_identical_weights(tmp_path, monkeypatch):
 
 
 def test_out_dir_of_another_model_is_refused(tmp_path, monkeypatch):
-    enc = T.get_tokenizer()
-    sft = T.load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:16]
-    monkeypatch.setattr(T, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'by_band': {}, 'n': 0})
+    enc = get_tokenizer()
+    sft = load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:16]
+    monkeypatch.setattr(train, 'evaluate_greedy', lambda *a, **k: {'pass1': 0.0, 'by_difficulty': {}, 'by_band': {}, 'n': 0})
     cfg = _tiny_cfg(str(tmp_path), sft_iters=4)
     train.run_sft(cfg, enc, sft, sft, sft, log=lambda *a: None)
     bigger = _tiny_cfg(str(tmp_path), sft_iters=4, n_embd=64)
@@ -120,16 +120,16 @@ def test_out_dir_of_another_model_is_refused(tmp_path, monkeypatch):
 
 def test_sft_tunes_on_dev_and_reports_on_test(tmp_path, monkeypatch):
     """Every periodic evaluation reads the eval split (dev); only the final evaluation reads test."""
-    enc = T.get_tokenizer()
-    sft = T.load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:16]
-    dev = T.load_tasks(os.path.join(ROOT, 'data', 'dev.jsonl'))[:8]
-    test = T.load_tasks(os.path.join(ROOT, 'data', 'test.jsonl'))[:8]
+    enc = get_tokenizer()
+    sft = load_tasks(os.path.join(ROOT, 'data', 'sft.jsonl'))[:16]
+    dev = load_tasks(os.path.join(ROOT, 'data', 'dev.jsonl'))[:8]
+    test = load_tasks(os.path.join(ROOT, 'data', 'test.jsonl'))[:8]
     seen = []
 
     def evaluate_greedy(model, enc, task_list, *a, **k):
         seen.append({t['task_id'].split('/')[0] for t in task_list})
         return {'pass1': 0.0, 'by_difficulty': {}, 'by_band': {}, 'n': len(task_list)}
-    monkeypatch.setattr(T, 'evaluate_greedy', evaluate_greedy)
+    monkeypatch.setattr(train, 'evaluate_greedy', evaluate_greedy)
     train.run_sft(_tiny_cfg(str(tmp_path), sft_iters=8), enc, sft, dev, test, log=lambda *a: None)
     assert seen == [{'dev'}, {'dev'}, {'test'}]  # iterations 4 and 8, then the final table
 

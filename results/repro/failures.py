@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 import sandbox  # noqa: E402
-import tasks as T  # noqa: E402
+from tasks import get_tokenizer, load_tasks, sample_programs  # noqa: E402
 from configurator import load_policy  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def lines(code):
 
 def failures(path, task_list, enc):
     policy = load_policy(path, 'cpu')[0].eval()
-    texts, _ = T.sample_programs(policy, enc, task_list, 'cpu', 160, 256, temperature=0.0, samples=1)
+    texts, _ = sample_programs(policy, enc, task_list, 'cpu', 160, 256, temperature=0.0, samples=1)
     results = sandbox.run_batch([(t['prompt'] + c, t['tests']) for t, c in zip(task_list, texts)])
     out = dict(passed=0, fewer_lines=0, same_lines=0, more_lines=0, does_not_run=0)
     for t, c, r in zip(task_list, texts, results):
@@ -41,9 +41,9 @@ if __name__ == '__main__':
     ap.add_argument('checkpoints', nargs='+')
     ap.add_argument('--steps', default='1,2,3', help='difficulties (steps) of the test tasks')
     args = ap.parse_args()
-    enc = T.get_tokenizer()
+    enc = get_tokenizer()
     steps = {int(s) for s in args.steps.split(',')}
-    task_list = [t for t in T.load_tasks('data/test.jsonl') if t['difficulty'] in steps]
+    task_list = [t for t in load_tasks('data/test.jsonl') if t['difficulty'] in steps]
     print(f"{len(task_list)} test tasks of {args.steps} steps, greedy; shares of the tasks")
     print('| policy | passed | failed, fewer lines | failed, as many | failed, more lines | failed, does not run |')
     print('|---|---|---|---|---|---|')

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 import mcts  # noqa: E402
-import tasks as T  # noqa: E402
+from tasks import TOKENIZER_FILE, get_tokenizer, grade, load_tasks, sample_programs, spread  # noqa: E402
 import value  # noqa: E402
 from configurator import load_policy  # noqa: E402
 
@@ -38,11 +38,11 @@ def main():
     ap.add_argument('--seed', type=int, default=1337)
     args = ap.parse_args()
     root = os.path.join(os.path.dirname(__file__), '..', '..', 'data')
-    dev = T.spread(T.load_tasks(os.path.join(root, 'dev.jsonl')), args.tasks)
-    enc = T.get_tokenizer(os.path.join(root, T.TOKENIZER_FILE))
+    dev = spread(load_tasks(os.path.join(root, 'dev.jsonl')), args.tasks)
+    enc = get_tokenizer(os.path.join(root, TOKENIZER_FILE))
     policy = load_policy(args.policy, 'cpu')[0].eval()
-    greedy = T.sample_programs(policy, enc, dev, 'cpu', 160, 32, 0.0, 1)[0]
-    greedy_passed = T.grade(dev, greedy)
+    greedy = sample_programs(policy, enc, dev, 'cpu', 160, 32, 0.0, 1)[0]
+    greedy_passed = grade(dev, greedy)
     pool = value.sample_pool(policy, enc, dev, args.samples, 160, mcts.TEMPERATURE,
                              torch.Generator().manual_seed(args.seed))
     passed = value.grade_pool(dev, pool)
