@@ -102,13 +102,14 @@ def machine(device):
     return dict(out, processes=ddp.world()) if ddp.world() > 1 else out
 
 
-def differences(recorded, wanted):
-    """Lines naming each config key (of those `wanted` has) and input that differ between two made_from dicts."""
+def differences(recorded, wanted, ignore=()):
+    """Lines naming each config key (of those `wanted` has, but those in `ignore`) and input that differ between two
+    made_from dicts."""
     out = []
     for part in ('config', 'inputs'):
         old, new = recorded.get(part, {}), wanted[part]
         # config: the keys this run reads, and world_size when either side has it (made_from records it for >1 process)
-        keys = set(new) | ({'world_size'} & set(old)) if part == 'config' else set(old) | set(new)
+        keys = (set(new) | {'world_size'} & set(old)) - set(ignore) if part == 'config' else set(old) | set(new)
         for k in sorted(keys):
             if old.get(k, '(not recorded)') != new.get(k, '(not recorded)'):
                 what = k if part == 'config' else f"input {k}"
@@ -131,8 +132,7 @@ def check(output, stage, wanted, changing=(), ignore=()):
         why = [f"  it has no record {os.path.basename(record_path(output))} of what it was made from "
                "(made by an earlier restrl, or copied without it)"]
     else:
-        drop = lambda m: dict(m, config={k: v for k, v in m['config'].items() if k not in ignore})  # noqa: E731
-        why = differences(drop(rec['made_from']), drop(wanted))
+        why = differences(rec['made_from'], wanted, ignore)
         why += [f"  input {k}: this run rewrites it first (it is not finished)" for k in wanted['inputs'] if k in changing]
     if why:
         raise Stale(f"{output} was not made from this config:\n" + "\n".join(why) + "\n"

@@ -424,7 +424,8 @@ def assemble_results(cfg):
         rec = outputs.read_record(o.path)
         if not (rec and rec.get('done') and os.path.exists(o.path)):
             return None
-        why = outputs.differences(rec['made_from'], wanted(o))
+        # as in preflight: a finished output whatever number of processes made it; the SFT model whatever seed
+        why = outputs.differences(rec['made_from'], wanted(o), ('world_size',) + (('seed',) if o.stage == 'sft' else ()))
         if why:
             left_out[os.path.basename(o.path)] = [w.strip() for w in why]
             return None

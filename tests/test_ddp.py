@@ -158,3 +158,4 @@ def test_a_resume_with_another_number_of_processes_is_refused_a_reuse_is_not(tmp
     rec = outputs.read_record(o.path)
     outputs.finish(o.path, rec, 1.0, {})  # a finished SFT model is reused by another number of processes' RL
     train.preflight(train.planned_outputs(cfg), ['rl'])
+    assert 'sft' in train.assemble_results(cfg)['stages']  # and reported

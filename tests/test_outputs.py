@@ -126,3 +126,6 @@ def test_side_by_side_runs_assemble_into_one_results_json(tmp_path, monkeypatch)
     assert set(results['train']['rest_grpo']['seeds']) == {'1337', '1338'}
     assert results['left_out']['rl_rest_grpo_seed1339.pt'] == ['rl_lr: 0.001 then, 5e-05 now']
     assert json.loads(json.dumps(results)) == results  # what results.json holds
+    # the SFT model (made with seed 1337) is the one a later RL seed's run reports from, not left out
+    results = train.assemble_results(config(tmp_path, '--seed=1338', '--seeds=1'))
+    assert 'sft' in results['stages'] and 'sft.pt' not in results.get('left_out', {})
